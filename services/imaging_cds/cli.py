@@ -1,0 +1,172 @@
+"""The ``imaging-cds`` command line.
+
+Exit codes: 0 done, 2 input not analysable (the reason is printed), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from imaging_cds import __version__
+from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
+from imaging_cds.errors import NotAnalyzableError
+from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
+
+EXIT_OK, EXIT_ERROR, EXIT_NOT_ANALYSABLE = 0, 1, 2
+DEFAULT_MODEL = "lung-density"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command in ("gateway", "worker") else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except NotAnalyzableError as err:
+        print(f"not analysable: {err}", file=sys.stderr)
+        return EXIT_NOT_ANALYSABLE
+    except KeyboardInterrupt:
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imaging-cds", description="Imaging AI results into the EHR as FHIR.")
+    parser.add_argument("--version", action="version", version=f"imaging-cds {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="analyse one study folder locally (onnxruntime, no servers)")
+    p.add_argument("study_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for bundle.json and key_image.png")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument("--subject", default="Patient/unknown", help="FHIR reference of the patient, e.g. Patient/123")
+    p.add_argument("--imaging-study-id", default=None, help="FHIR ImagingStudy id the report should reference")
+    p.add_argument("--status", choices=("preliminary", "final"), default="preliminary")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("sample-study", help="write a synthetic chest CT with ground_truth.json")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slices", type=int, default=220)
+    p.set_defaults(func=_sample_study)
+
+    p = sub.add_parser("gateway", help="run the gateway (gRPC API + FHIR webhook), configured by IMAGING_CDS_*")
+    p.set_defaults(func=_gateway)
+
+    p = sub.add_parser("worker", help="run a worker, configured by IMAGING_CDS_*")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("models", help="the model manifests in the model repository")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_models)
+    return parser
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from imaging_cds.inference.local import LocalOnnxBackend
+    from imaging_cds.worker.embedded import analyze_folder, result_summary
+
+    if not args.study_dir.is_dir():
+        print(f"error: {args.study_dir} is not a folder", file=sys.stderr)
+        return EXIT_ERROR
+    model = load_manifest(args.model_repository / args.model)
+    result = analyze_folder(
+        args.study_dir,
+        args.out,
+        model,
+        LocalOnnxBackend(),
+        subject=args.subject,
+        imaging_study_id=args.imaging_study_id,
+        status=args.status,
+    )
+    summary = result_summary(result)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"study {summary['study_uid']}, series {summary['series_uid']}, model {summary['model']}")
+    for key, m in summary["measurements"].items():
+        print(f"  {key:<20} {m['value']:>10g} {m['unit']}")
+    print(summary["conclusion"])
+    print(f"FHIR transaction Bundle: {summary['bundle']}")
+    print(f"key image:               {summary['key_image']}")
+    print(f"done in {summary['stage_seconds']['total']:.1f} s")
+
+
+def _sample_study(args: argparse.Namespace) -> int:
+    from imaging_cds.sample.synthetic_ct import write_sample_study
+
+    study = write_sample_study(args.out, seed=args.seed, n_slices=args.slices)
+    print(f"wrote {study.n_instances} CT images to {study.study_dir}")
+    print(f"ground truth: {args.out / 'ground_truth.json'}")
+    return EXIT_OK
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from imaging_cds.gateway.server import run_gateway
+
+    run_gateway(Settings.from_env())
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from imaging_cds.dicomweb.client import PacsClient
+    from imaging_cds.fhir.client import FhirClient
+    from imaging_cds.inference.triton import TritonBackend
+    from imaging_cds.jobs.queue import JobQueue
+    from imaging_cds.worker.service import Worker
+
+    settings = Settings.from_env()
+    model = load_manifest(settings.model_repository / args.model)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    queue = JobQueue.from_url(settings.redis_url, group=settings.consumer_group)
+    with (
+        FhirClient(settings.fhir_url, settings.http_timeout_s) as fhir,
+        PacsClient(
+            settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password, settings.http_timeout_s
+        ) as pacs,
+    ):
+        backend = TritonBackend(settings.triton_grpc_url)
+        try:
+            Worker(settings, queue, fhir, pacs, backend, model).run(stop)
+        finally:
+            backend.close()
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    manifests: list[ModelManifest] = load_manifests(args.model_repository)
+    rows = [
+        {"name": m.name, "version": m.version, "title": m.title, "task": m.task, "onnx": str(m.onnx_path)}
+        for m in manifests
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['version']:<8} {r['task']:<14} {r['title']}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The gateway's gRPC side: imaging_cds.v1.JobService, plus grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import redis
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from imaging_cds.intake.rest_hook import is_fhir_id
+from imaging_cds.jobs.model import Job, JobState, Priority, StudyRef
+from imaging_cds.jobs.queue import JobQueue
+from imaging_cds.v1 import jobs_pb2, jobs_pb2_grpc
+
+log = logging.getLogger("imaging_cds.gateway")
+
+_STATES = {
+    JobState.QUEUED: jobs_pb2.JOB_STATE_QUEUED,
+    JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: jobs_pb2.JOB_STATE_SUCCEEDED,
+    JobState.NOT_ANALYZABLE: jobs_pb2.JOB_STATE_NOT_ANALYZABLE,
+    JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
+}
+SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+def job_message(job: Job) -> jobs_pb2.Job:
+    return jobs_pb2.Job(
+        job_id=job.job_id,
+        study=jobs_pb2.StudyReference(
+            imaging_study_id=job.study.imaging_study_id, study_instance_uid=job.study.study_uid
+        ),
+        state=_STATES[job.state],
+        outcome=job.outcome,
+        report_reference=job.report_reference,
+        attempts=job.attempts,
+        created=_timestamp(job.created),
+        updated=_timestamp(job.updated),
+        stage_seconds=job.stage_seconds,
+    )
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+
+    def Submit(self, request: jobs_pb2.SubmitRequest, context: grpc.ServicerContext) -> jobs_pb2.SubmitResponse:
+        study_id = request.study.imaging_study_id
+        if not is_fhir_id(study_id):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "study.imaging_study_id must be a FHIR id")
+        priority_text = request.priority.lower() or "routine"
+        if priority_text not in ("routine", "stat"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "priority must be 'routine' or 'stat'")
+        ref = StudyRef(imaging_study_id=study_id, study_uid=request.study.study_instance_uid)
+        try:
+            enqueued = self.queue.submit(ref, Priority(priority_text))
+        except redis.RedisError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "job queue unavailable; retry later")
+        return jobs_pb2.SubmitResponse(job_id=enqueued.job_id, duplicate=not enqueued.created)
+
+    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return job_message(self._job(request.job_id, context))
+
+    def WatchJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Job]:
+        self._job(request.job_id, context)
+        for job in self.queue.watch(request.job_id):
+            if not context.is_active():
+                return
+            yield job_message(job)
+
+    def _job(self, job_id: str, context: grpc.ServicerContext) -> Job:
+        if not job_id or len(job_id) > 64:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id is required")
+        try:
+            job = self.queue.get(job_id)
+        except redis.RedisError:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "job store unavailable; retry later")
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id}")
+            raise AssertionError("unreachable: abort raises")
+        return job
+
+
+def create_grpc_server(queue: JobQueue, address: str, stop: threading.Event) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(queue), server)  # type: ignore[no-untyped-call]
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    threading.Thread(target=_track_health, args=(queue, health_servicer, stop), daemon=True).start()
+    return server, port
+
+
+def _track_health(queue: JobQueue, servicer: health.HealthServicer, stop: threading.Event) -> None:
+    """SERVING while Redis answers; NOT_SERVING otherwise (a job could not be queued)."""
+    while True:
+        try:
+            queue.ping()
+            status = health_pb2.HealthCheckResponse.SERVING
+        except redis.RedisError:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            servicer.set(name, status)
+        if stop.wait(2.0):
+            return
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
