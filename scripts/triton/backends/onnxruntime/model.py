@@ -14,6 +14,7 @@ The PyPI Triton build (nvidia-pytriton 0.7.0, tritonserver 2.51) has only the Py
 - threads: config `parameters { key: "intra_op_thread_count" value: { string_value: "N" } }` (and
   `inter_op_thread_count`) as for the native backend; default intra-op threads = 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,19 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 _ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8, "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
 }
 
 
@@ -41,7 +51,8 @@ def _param(config: dict[str, Any], key: str) -> str | None:
 
 def _to_ort(arr: np.ndarray, ort_type: str | None) -> np.ndarray:
     if arr.dtype == np.object_:  # TYPE_STRING / BYTES: Triton gives bytes, onnxruntime wants str
-        return np.vectorize(lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x), otypes=[object])(arr)
+        decode = np.vectorize(lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x), otypes=[object])
+        return decode(arr)
     want = _ORT_TYPES.get(ort_type or "")
     if want is not None and want is not np.object_ and arr.dtype != want:
         return arr.astype(want)
@@ -51,7 +62,8 @@ def _to_ort(arr: np.ndarray, ort_type: str | None) -> np.ndarray:
 def _to_triton(arr: np.ndarray, dtype: Any) -> np.ndarray:
     if dtype == np.object_ or dtype is object:
         return np.vectorize(lambda x: x.encode("utf-8") if isinstance(x, str) else x, otypes=[object])(
-            np.asarray(arr, dtype=object))
+            np.asarray(arr, dtype=object)
+        )
     arr = np.asarray(arr)
     return arr if arr.dtype == dtype else arr.astype(dtype)
 
@@ -80,7 +92,8 @@ class TritonPythonModel:
             name = inp["name"]
             if name not in model_inputs:
                 raise pb_utils.TritonModelException(
-                    f"{self.name}: config input '{name}' is not an input of {filename} ({sorted(model_inputs)})")
+                    f"{self.name}: config input '{name}' is not an input of {filename}: {sorted(model_inputs)}"
+                )
             self.inputs.append(name)
             self.ort_types[name] = model_inputs[name].type
         self.outputs: dict[str, Any] = {}
@@ -88,7 +101,8 @@ class TritonPythonModel:
             name = out["name"]
             if name not in model_outputs:
                 raise pb_utils.TritonModelException(
-                    f"{self.name}: config output '{name}' is not an output of {filename} ({sorted(model_outputs)})")
+                    f"{self.name}: config output '{name}' is not an output of {filename}: {sorted(model_outputs)}"
+                )
             self.outputs[name] = pb_utils.triton_string_to_numpy(out["data_type"])
         if not self.outputs:
             raise pb_utils.TritonModelException(f"{self.name}: config.pbtxt declares no output")
@@ -113,6 +127,9 @@ class TritonPythonModel:
         tensors = [pb_utils.Tensor(n, _to_triton(results[n], self.outputs[n])) for n in wanted]
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
+    def _error(self, e: Exception) -> Any:
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
+
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         feeds: list[dict[str, np.ndarray] | None] = []
@@ -121,7 +138,7 @@ class TritonPythonModel:
                 feeds.append(self._feeds(request))
             except Exception as e:  # bad input in one request must not fail the others
                 feeds.append(None)
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
+                responses[i] = self._error(e)
 
         if self.max_batch_size > 0:
             # group joinable requests: same inputs, same non-batch dims and dtypes
@@ -138,9 +155,10 @@ class TritonPythonModel:
                 if f is not None:
                     try:
                         out = self.session.run(self.output_names, f)
-                        responses[i] = self._respond(dict(zip(self.output_names, out)), self._requested(requests[i]))
+                        results = dict(zip(self.output_names, out, strict=True))
+                        responses[i] = self._respond(results, self._requested(requests[i]))
                     except Exception as e:
-                        responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
+                        responses[i] = self._error(e)
         return responses
 
     def _run_batched(self, requests: list[Any], feeds: list[Any], responses: list[Any], idx: list[int]) -> None:
@@ -149,14 +167,14 @@ class TritonPythonModel:
                 joined = feeds[idx[0]]
             else:
                 joined = {n: np.concatenate([feeds[i][n] for i in idx], axis=0) for n in feeds[idx[0]]}
-            out = dict(zip(self.output_names, self.session.run(self.output_names, joined)))
+            out = dict(zip(self.output_names, self.session.run(self.output_names, joined), strict=True))
             sizes = [next(iter(feeds[i].values())).shape[0] if feeds[i] else 0 for i in idx]
             total = sum(sizes)
-            bounds = np.cumsum(sizes)[:-1]
-            parts = {n: (np.split(a, bounds, axis=0) if len(idx) > 1 else [a]) for n, a in out.items()}
             for n, a in out.items():
                 if len(idx) > 1 and (a.ndim == 0 or a.shape[0] != total):
                     raise ValueError(f"output '{n}' has shape {a.shape}, not batch-major with {total} rows")
+            bounds = np.cumsum(sizes)[:-1]
+            parts = {n: (np.split(a, bounds, axis=0) if len(idx) > 1 else [a]) for n, a in out.items()}
             for k, i in enumerate(idx):
                 responses[i] = self._respond({n: p[k] for n, p in parts.items()}, self._requested(requests[i]))
         except Exception as e:
@@ -164,7 +182,7 @@ class TritonPythonModel:
                 for i in idx:
                     self._run_batched(requests, feeds, responses, [i])
                 return
-            responses[idx[0]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.name}: {e}"))
+            responses[idx[0]] = self._error(e)
 
     def finalize(self) -> None:
         self.session = None
