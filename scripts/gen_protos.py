@@ -21,9 +21,8 @@ OUT_ROOT = REPO / "services"
 
 
 def generate(out_root: Path) -> list[Path]:
-    from grpc_tools import protoc  # imported here: only this script needs grpcio-tools
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here: only this script needs grpcio-tools
 
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

@@ -1,0 +1,233 @@
+"""End to end on the real services: an ImagingStudy in the EHR becomes a DiagnosticReport in the patient's chart.
+
+Redis, Orthanc (DICOMweb), Triton and the FHIR server come from scripts/sandbox; the gateway and a worker run as
+`imaging-cds gateway` / `imaging-cds worker` processes, exactly as an operator starts them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from imaging_cds.config import Settings
+from imaging_cds.dicomweb.client import PacsClient
+from imaging_cds.fhir.client import FhirClient
+from imaging_cds.inference.manifest import load_manifest
+from imaging_cds.inference.triton import TritonBackend
+from imaging_cds.jobs.queue import JobQueue
+from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
+from imaging_cds.v1 import jobs_pb2, jobs_pb2_grpc
+from imaging_cds.worker.service import Worker
+from pydicom.data import get_testdata_file
+
+from tests.conftest import service_env
+from tests.services import create_study_in_ehr, free_port, imaging_cds_process, store_folder, wait_for
+
+pytestmark = pytest.mark.services
+
+PHI_MARKERS = ("Synthetic^Patient", "SYN-0", "Synthetic Hospital", "Synthetic^Referrer", "19600101")
+SECRET = "e2e-webhook-secret"
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    settings: Settings
+    fhir: FhirClient
+    pacs: PacsClient
+    grpc: jobs_pb2_grpc.JobServiceStub
+    channel: grpc.Channel
+    webhook: str
+    logs: list[Path]
+    state_dir: Path
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("logs")
+    http_port, grpc_port = free_port(), free_port()
+    webhook = f"http://127.0.0.1:{http_port}/fhir/notify"
+    env = service_env(
+        sandbox,
+        IMAGING_CDS_HTTP_PORT=str(http_port),
+        IMAGING_CDS_GRPC_PORT=str(grpc_port),
+        IMAGING_CDS_PUBLIC_WEBHOOK_URL=webhook,
+        IMAGING_CDS_WEBHOOK_SECRET=SECRET,
+    )
+    settings = Settings.from_env(env)
+    with (
+        imaging_cds_process("gateway", env, logs / "gateway.log"),
+        imaging_cds_process("worker", env, logs / "worker.log"),
+        FhirClient(settings.fhir_url) as fhir,
+        PacsClient(settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password) as pacs,
+        grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+    ):
+        wait_for("gateway /readyz", lambda: httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200)
+        health = health_pb2_grpc.HealthStub(channel)
+        wait_for(
+            "gRPC health SERVING",
+            lambda: _serving(health),
+        )
+        yield Stack(
+            env,
+            settings,
+            fhir,
+            pacs,
+            jobs_pb2_grpc.JobServiceStub(channel),
+            channel,
+            webhook,
+            [logs / "gateway.log", logs / "worker.log"],
+            Path(sandbox["_STATE_DIR"]),
+        )
+
+
+def _serving(health: health_pb2_grpc.HealthStub) -> bool:
+    try:
+        reply = health.Check(health_pb2.HealthCheckRequest(service="imaging_cds.v1.JobService"), timeout=2)
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture(scope="module")
+def chest_ct(tmp_path_factory: pytest.TempPathFactory) -> SampleStudy:
+    return write_sample_study(tmp_path_factory.mktemp("chest"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def charted(stack: Stack, chest_ct: SampleStudy) -> dict[str, Any]:
+    """Store the chest CT in the PACS, announce it in the EHR, wait for the report in the chart."""
+    store_folder(stack.pacs, chest_ct.study_dir)
+    study = create_study_in_ehr(
+        stack.fhir, chest_ct.study_instance_uid, stack.settings.dicomweb_url, chest_ct.n_instances
+    )
+    subject = study["subject"]["reference"]
+    reports = wait_for(
+        "a DiagnosticReport for the patient",
+        lambda: stack.fhir.search("DiagnosticReport", {"subject": subject}),
+        timeout_s=300,
+        every_s=2,
+    )
+    return {"study": study, "subject": subject, "report": reports[0]}
+
+
+def test_chest_ct_becomes_a_report_in_the_patients_chart(
+    stack: Stack, chest_ct: SampleStudy, charted: dict[str, Any]
+) -> None:
+    report = charted["report"]
+    assert report["status"] == "preliminary"
+    assert report["code"]["coding"][0]["code"] == "18748-4"
+    assert report["imagingStudy"][0]["reference"] == f"ImagingStudy/{charted['study']['id']}"
+    observations = {}
+    for ref in report["result"]:
+        obs = stack.fhir.read(ref["reference"])
+        assert obs is not None, ref
+        observations[obs["code"]["coding"][0]["code"]] = obs
+    truth = chest_ct.ground_truth
+    volume = observations["lung-volume"]["valueQuantity"]
+    assert volume["code"] == "mL"
+    assert abs(volume["value"] - truth["lung_volume_ml"]) <= 0.03 * truth["lung_volume_ml"]
+    laa = observations["laa-950"]["valueQuantity"]
+    assert laa["code"] == "%"
+    assert abs(laa["value"] - truth["laa950_percent"]) <= 1.0
+    assert observations["mean-lung-density"]["valueQuantity"]["code"] == "[hnsf'U]"
+    device = stack.fhir.read(observations["lung-volume"]["device"]["reference"])
+    assert device is not None and device["modelNumber"] == "lung-density"
+
+
+def test_the_job_is_visible_over_grpc_and_a_duplicate_submit_returns_it(stack: Stack, charted: dict[str, Any]) -> None:
+    ref = jobs_pb2.StudyReference(imaging_study_id=charted["study"]["id"])
+    submitted = stack.grpc.Submit(jobs_pb2.SubmitRequest(study=ref), timeout=10)
+    assert submitted.duplicate
+    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), timeout=60))[-1]
+    assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED
+    assert final.report_reference == f"DiagnosticReport/{charted['report']['id']}"
+    assert {"retrieve", "infer", "post-process", "fhir-write"} <= set(final.stage_seconds)
+
+
+def test_replayed_notification_creates_no_second_report(stack: Stack, charted: dict[str, Any]) -> None:
+    study = stack.fhir.read(f"ImagingStudy/{charted['study']['id']}")
+    reply = httpx.put(
+        f"{stack.webhook}/ImagingStudy/{charted['study']['id']}",
+        content=json.dumps(study),
+        headers={"Authorization": f"Bearer {SECRET}", "Content-Type": "application/fhir+json"},
+    )
+    assert reply.status_code == 202 and reply.json()["duplicate"] is True
+    # At-least-once delivery means a worker may process the same study again: the write must be a no-op.
+    model = load_manifest(stack.settings.model_repository / "lung-density")
+    queue = JobQueue.from_url(stack.settings.redis_url)
+    backend = TritonBackend(stack.settings.triton_grpc_url)
+    try:
+        Worker(stack.settings, queue, stack.fhir, stack.pacs, backend, model).process_study(charted["study"]["id"])
+    finally:
+        backend.close()
+    reports = stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})
+    assert len(reports) == 1
+    observations = stack.fhir.search("Observation", {"subject": charted["subject"]})
+    assert len(observations) == 4
+
+
+def test_malformed_or_unauthenticated_notifications_enqueue_nothing(stack: Stack) -> None:
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    before = r.xlen(stack.settings.stream)
+    auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/fhir+json"}
+    assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=b"{oops", headers=auth).status_code == 400
+    assert httpx.post(stack.webhook, content=b"", headers=auth).status_code == 400
+    assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=b"", headers={}).status_code == 401
+    huge = b"{" + b" " * 2_000_000 + b"}"
+    assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=huge, headers=auth).status_code == 413
+    assert r.xlen(stack.settings.stream) == before
+    assert httpx.get(stack.webhook.replace("/fhir/notify", "/healthz")).status_code == 200
+
+
+def test_a_study_that_is_not_a_chest_ct_gets_a_reason_and_no_report(stack: Stack, tmp_path: Path) -> None:
+    head = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
+    mr = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
+    import pydicom
+
+    folder = tmp_path / "not-chest"
+    folder.mkdir()
+    study_uid = "1.2.826.0.1.3680043.8.498.99887766"
+    for i, source in enumerate((head, mr)):
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = f"{study_uid}.{i + 1}"
+        ds.SOPInstanceUID = f"{study_uid}.{i + 1}.1"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"{i}.dcm")
+    store_folder(stack.pacs, folder)
+    study = create_study_in_ehr(stack.fhir, study_uid, stack.settings.dicomweb_url, 2, status="registered")
+    submitted = stack.grpc.Submit(
+        jobs_pb2.SubmitRequest(study=jobs_pb2.StudyReference(imaging_study_id=study["id"])), timeout=10
+    )
+    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), timeout=120))[-1]
+    assert final.state == jobs_pb2.JOB_STATE_NOT_ANALYZABLE
+    assert study_uid in final.outcome and "no series fits" in final.outcome and "MR" in final.outcome
+    assert stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]}) == []
+
+
+def test_grpc_rejects_bad_requests_with_proper_codes(stack: Stack) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stack.grpc.Submit(jobs_pb2.SubmitRequest(study=jobs_pb2.StudyReference(imaging_study_id="../x")), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        stack.grpc.GetJob(jobs_pb2.GetJobRequest(job_id="no-such-job"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_no_patient_identity_in_any_log(stack: Stack, charted: dict[str, Any]) -> None:
+    # Our own processes, and Triton's log: what reached inference. (The PACS and the EHR hold the identity.)
+    logs = [*stack.logs, *sorted(p for p in stack.state_dir.rglob("*.log") if "triton" in p.name)]
+    assert any(p.stat().st_size > 0 for p in stack.logs)
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for marker in PHI_MARKERS:
+            assert marker not in text, f"{marker!r} found in {path.name}"

@@ -1,0 +1,99 @@
+"""Helpers for tests on the real services: start our own processes, load the PACS and the EHR, wait for results."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pydicom
+from imaging_cds.dicomweb.client import PacsClient
+from imaging_cds.fhir.client import FhirClient
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, every_s: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (httpx.HTTPError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+@contextmanager
+def imaging_cds_process(command: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`imaging-cds <command>` as a child process with its output in log_path; stopped by PID at exit."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imaging_cds.cli", command], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def store_folder(pacs: PacsClient, folder: Path, batch: int = 40) -> int:
+    files = sorted(p for p in folder.rglob("*.dcm"))
+    for i in range(0, len(files), batch):
+        pacs.store(pydicom.dcmread(p) for p in files[i : i + batch])
+    return len(files)
+
+
+def create_study_in_ehr(
+    fhir: FhirClient, study_uid: str, dicomweb_url: str, n_instances: int, status: str = "available"
+) -> dict[str, Any]:
+    """A synthetic Patient, the PACS Endpoint and an ImagingStudy pointing at both, as an EHR would hold them."""
+    patient = fhir.create(
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:imaging-cds:test-patient", "value": study_uid[-12:]}],
+            "name": [{"family": "Synthetic", "given": ["Patient"]}],
+        }
+    )
+    endpoint = fhir.create(
+        {
+            "resourceType": "Endpoint",
+            "status": "active",
+            "connectionType": {
+                "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                "code": "dicom-wado-rs",
+            },
+            "payloadType": [{"text": "DICOM"}],
+            "address": dicomweb_url,
+        }
+    )
+    study = fhir.create(
+        {
+            "resourceType": "ImagingStudy",
+            "status": status,
+            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+            "subject": {"reference": f"Patient/{patient['id']}"},
+            "endpoint": [{"reference": f"Endpoint/{endpoint['id']}"}],
+            "numberOfInstances": n_instances,
+        }
+    )
+    return study
