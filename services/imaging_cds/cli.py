@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.command in ("gateway", "worker") else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Client libraries log every request URL at INFO; ours say what matters, without query strings.
+    for noisy in ("httpx", "urllib3", "dicomweb_client"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except NotAnalyzableError as err:

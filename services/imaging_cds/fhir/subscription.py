@@ -27,7 +27,8 @@ def subscription_resource(endpoint: str, secret: str, criteria: str = CRITERIA) 
 
 def ensure_subscription(fhir: FhirClient, endpoint: str, secret: str, criteria: str = CRITERIA) -> str:
     """The id of an active or requested Subscription of ours for `criteria`, creating one when none exists."""
-    for existing in fhir.search("Subscription", {"url": endpoint}) + fhir.search("Subscription", {}):
+    # `url` is R4's search parameter for Subscription.channel.endpoint; the filter below still checks each match.
+    for existing in fhir.search("Subscription", {"url": endpoint}):
         channel = existing.get("channel") or {}
         if (
             channel.get("endpoint") == endpoint
