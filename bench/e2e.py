@@ -31,7 +31,6 @@ from imaging_cds.inference.triton import TritonBackend  # noqa: E402
 from imaging_cds.jobs.queue import JobQueue  # noqa: E402
 from imaging_cds.sample.synthetic_ct import write_sample_study  # noqa: E402
 from imaging_cds.worker.service import Worker  # noqa: E402
-
 from tests.services import create_study_in_ehr, store_folder  # noqa: E402
 
 SANDBOX = REPO / "scripts" / "sandbox"

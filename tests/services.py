@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pydicom
+
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
 

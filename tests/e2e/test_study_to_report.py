@@ -17,6 +17,8 @@ import httpx
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydicom.data import get_testdata_file
+
 from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
@@ -26,8 +28,6 @@ from imaging_cds.jobs.queue import JobQueue
 from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 from imaging_cds.v1 import jobs_pb2, jobs_pb2_grpc
 from imaging_cds.worker.service import Worker
-from pydicom.data import get_testdata_file
-
 from tests.conftest import service_env
 from tests.services import create_study_in_ehr, free_port, imaging_cds_process, store_folder, wait_for
 

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 import redis
+
 from imaging_cds.jobs.model import JobState, StudyRef
 from imaging_cds.jobs.queue import JobQueue
 

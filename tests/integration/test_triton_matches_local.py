@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
 from imaging_cds.inference.local import LocalOnnxBackend
 from imaging_cds.inference.manifest import load_manifest

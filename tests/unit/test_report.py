@@ -2,9 +2,9 @@ import base64
 import copy
 
 import pytest
+
 from imaging_cds.fhir import codes
 from imaging_cds.fhir.report import Algorithm, Findings, MeasuredValue, StudyContext, build_report_bundle
-
 from tests.fhir_schema import r4_errors
 
 STUDY = StudyContext(
@@ -102,8 +102,8 @@ def test_replay_builds_identical_identifiers_and_conditional_creates() -> None:
     ids = lambda b: [e["fullUrl"] for e in b["entry"]]  # noqa: E731
     assert ids(first) == ids(second)
     for entry in first["entry"]:  # type: ignore[attr-defined]
-        if entry["resource"]["resourceType"] != "Provenance":
-            assert entry["request"]["ifNoneExist"] == f"identifier=urn:ietf:rfc:3986|{entry['fullUrl']}"
+        key = "_tag" if entry["resource"]["resourceType"] == "Provenance" else "identifier"
+        assert entry["request"]["ifNoneExist"] == f"{key}=urn:ietf:rfc:3986|{entry['fullUrl']}"
 
 
 def test_new_model_version_gives_new_identifiers() -> None:

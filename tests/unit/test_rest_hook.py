@@ -4,6 +4,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from imaging_cds.errors import InvalidNotificationError
 from imaging_cds.intake.rest_hook import parse_notification
 

@@ -1,4 +1,5 @@
 import pytest
+
 from imaging_cds.dicomweb.client import SeriesSummary
 from imaging_cds.dicomweb.selection import select_series
 from imaging_cds.errors import NotAnalyzableError

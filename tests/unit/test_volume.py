@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.imaging.slices import CtSlice
 from imaging_cds.imaging.volume import assemble_volume

@@ -91,17 +91,14 @@ def build_report_bundle(
     report_id = result_identifier(study.study_uid, findings.series_uid, algorithm, "report")
     observations = [_observation(study, algorithm, findings, m, device_id, status) for m in findings.measurements]
     report = _report(study, algorithm, findings, report_id, [o["fullUrl"] for o in observations], status, issued)
-    provenance = _provenance(study, report_id, device_id, issued)
+    provenance_id = result_identifier(study.study_uid, findings.series_uid, algorithm, "provenance")
+    provenance = _provenance(study, provenance_id, report_id, device_id, issued)
     entries = [
         _entry(device_id, Device, device),
         *[_entry(o["fullUrl"], Observation, o["resource"]) for o in observations],
         _entry(report_id, DiagnosticReport, report),
-        _entry(
-            result_identifier(study.study_uid, findings.series_uid, algorithm, "provenance"),
-            Provenance,
-            provenance,
-            conditional=False,
-        ),
+        # Provenance has no identifier element in R4: its deterministic id travels as a meta.tag instead.
+        _entry(provenance_id, Provenance, provenance, condition=f"_tag={IDENTIFIER_SYSTEM}|{provenance_id}"),
     ]
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     return _validated(Bundle, bundle)
@@ -215,9 +212,12 @@ def _report(
     return resource
 
 
-def _provenance(study: StudyContext, report_id: str, device_id: str, recorded: str) -> dict[str, Any]:
+def _provenance(
+    study: StudyContext, provenance_id: str, report_id: str, device_id: str, recorded: str
+) -> dict[str, Any]:
     return {
         "resourceType": "Provenance",
+        "meta": {"tag": [{"system": IDENTIFIER_SYSTEM, "code": provenance_id}]},
         "target": [{"reference": report_id}],
         "recorded": recorded,
         "agent": [
@@ -238,10 +238,13 @@ def _provenance(study: StudyContext, report_id: str, device_id: str, recorded: s
     }
 
 
-def _entry(full_url: str, model: type, resource: dict[str, Any], conditional: bool = True) -> dict[str, Any]:
-    request: dict[str, str] = {"method": "POST", "url": resource["resourceType"]}
-    if conditional:
-        request["ifNoneExist"] = f"identifier={IDENTIFIER_SYSTEM}|{full_url}"
+def _entry(full_url: str, model: type, resource: dict[str, Any], condition: str | None = None) -> dict[str, Any]:
+    """A conditional-create transaction entry; by default conditional on the resource's deterministic identifier."""
+    request = {
+        "method": "POST",
+        "url": resource["resourceType"],
+        "ifNoneExist": condition or f"identifier={IDENTIFIER_SYSTEM}|{full_url}",
+    }
     return {"fullUrl": full_url, "resource": _validated(model, resource), "request": request}
 
 

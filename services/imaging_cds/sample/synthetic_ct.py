@@ -198,6 +198,11 @@ def _dome_z(plane: _Plane, frame: _Frame, anatomy: _Anatomy, side: int) -> Float
     return np.asarray(anatomy.dome_z[side] + 38.0 * rho2 + 22.0 * posterior, dtype=np.float32)
 
 
+def _mediastinum_half_width(y: FloatArray, frame: _Frame, scale: float) -> FloatArray:
+    """Half-width (mm) of the mediastinum at each row: narrow anteriorly, widest at the trachea and great vessels."""
+    return np.asarray(scale * (11.0 + 11.0 * np.exp(-(((y - frame.trachea_y) / 50.0) ** 2))), dtype=np.float32)
+
+
 def _draw_slice(z: float, plane: _Plane, frame: _Frame, anatomy: _Anatomy, domes: list[FloatArray]) -> _SliceOut:
     """Labels and noise-free HU of one axial slice at anatomical height ``z``."""
     s_chest = _smoothstep(0.0, 0.17 * CHEST_LENGTH_MM, z)  # 0 in the neck, 1 in the chest
@@ -252,7 +257,7 @@ def _draw_slice(z: float, plane: _Plane, frame: _Frame, anatomy: _Anatomy, domes
 
     # mediastinal structures that shape the lungs
     xm = anatomy.mediastinum_shift_mm
-    exclude = np.broadcast_to(np.abs(plane.x - xm) < 17.0 * scale, (ROWS, COLUMNS)).copy()  # mediastinal band
+    exclude = np.abs(plane.x - xm) < _mediastinum_half_width(plane.y, frame, scale)
     exclude |= (np.abs(plane.x) < frame.spine_r + 14.0) & (plane.y > frame.spine_y - frame.spine_r - 6.0)
     if z > 0.27 * CHEST_LENGTH_MM:
         aorta_x, aorta_y = frame.spine_r + 10.0 * scale, frame.spine_y - 14.0 * scale
@@ -274,12 +279,12 @@ def _draw_slice(z: float, plane: _Plane, frame: _Frame, anatomy: _Anatomy, domes
     hu[liver & ~exclude] = 58.0
 
     # lungs: cavity minus mediastinum, capped by a dome-shaped apex, cut below by the hemidiaphragm
-    apex_span = 0.32 * CHEST_LENGTH_MM
+    apex_span = 0.42 * CHEST_LENGTH_MM
     for side, sign in ((0, -1.0), (1, 1.0)):
         depth = (z - anatomy.apex_z[side]) / (apex_span - anatomy.apex_z[side])
         if depth <= 0.0:
             continue
-        radius = 175.0 * scale * math.sqrt(min(depth, 1.0))
+        radius = 160.0 * scale * min(depth, 1.0) ** 0.72
         cap = plane.ellipse(sign * frame.lung_x, frame.cavity_y + 0.2 * frame.cavity_by, radius, radius)
         lung = cavity & cap & (sign * (plane.x - xm) > 0) & ~exclude & (z < domes[side])
         labels[lung] = Label.LUNG_PARENCHYMA
@@ -365,8 +370,8 @@ def _carve_bronchi(
     carina = np.array([anatomy.carina_z, frame.trachea_y, 0.0])
     xm = anatomy.mediastinum_shift_mm
     ends = [
-        carina + np.array([34.0, 8.0 * s, -(17.0 * s - xm) - 17.0 * s]),  # right: shorter, steeper
-        carina + np.array([28.0, 8.0 * s, (17.0 * s + xm) + 22.0 * s]),  # left: longer, more horizontal
+        carina + np.array([34.0, 8.0 * s, -(22.0 * s - xm) - 14.0 * s]),  # right: shorter, steeper
+        carina + np.array([28.0, 8.0 * s, (22.0 * s + xm) + 18.0 * s]),  # left: longer, more horizontal
     ]
     radii = (7.0 * s, 6.0 * s)
     for end, r in zip(ends, radii, strict=True):
@@ -402,8 +407,13 @@ def _vessel_segments(
     """A branching pulmonary vessel tree per lung: (start, end, radius) segments in anatomical mm."""
     segments: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]] = []
 
-    def grow(start: npt.NDArray[np.float64], direction: npt.NDArray[np.float64], radius: float, length: float,
-             generation: int) -> None:
+    def grow(
+        start: npt.NDArray[np.float64],
+        direction: npt.NDArray[np.float64],
+        radius: float,
+        length: float,
+        generation: int,
+    ) -> None:
         end = start + direction * length
         segments.append((start, end, radius))
         if generation == 5:
@@ -416,12 +426,18 @@ def _vessel_segments(
         lateral = -1.0 if side == 0 else 1.0
         root = hilum + np.array([10.0, -10.0, lateral * 8.0])
         # (z, y, x) directions: up, out, down, down-back, down-front, front
-        for dz, dy, dx in ((-1.0, 0.1, 0.5), (0.0, 0.0, 1.0), (1.0, 0.2, 0.6), (1.0, 0.9, 0.3), (0.8, -0.8, 0.4),
-                           (-0.2, -0.9, 0.6)):
+        for dz, dy, dx in (
+            (-1.0, 0.1, 0.5),
+            (0.0, 0.0, 1.0),
+            (1.0, 0.2, 0.6),
+            (1.0, 0.9, 0.3),
+            (0.8, -0.8, 0.4),
+            (-0.2, -0.9, 0.6),
+        ):
             direction = np.array([dz, dy, dx * lateral])
             direction /= np.linalg.norm(direction)
             direction = _rotate_towards(direction, rng, rng.uniform(0.0, 0.25))
-            grow(root, direction, 4.6, rng.uniform(24.0, 30.0), 0)
+            grow(root, direction, 5.2, rng.uniform(28.0, 36.0), 0)
     return segments
 
 
