@@ -10,9 +10,9 @@ Conventions
 - Slice 0 is the most superior slice (the neck end) and is written as InstanceNumber 1; z positions decrease with
   the slice index. Rows run anterior -> posterior (+y in LPS), columns run patient right -> patient left (+x in LPS).
 - Spacing is ``(z, y, x)`` in mm. Pixel values are Hounsfield units (HU).
-- Anatomy is described in "anatomical mm": in-plane millimetres, and a z axis that always spans
-  ``CHEST_LENGTH_MM`` whatever the number of slices, so a short phantom (for fast tests) is the same chest squashed
-  along z. With the default 220 slices one anatomical mm along z is one physical mm.
+- The chest always spans ``CHEST_LENGTH_MM`` (273.75 mm) along z. The default 220 slices sample it every 1.25 mm
+  (slice thickness = spacing between slices = 1.25 mm); a phantom with fewer slices (for fast tests) is the same
+  chest sampled with proportionally thicker slices, so its lung volume stays about the same.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 __all__ = [
@@ -183,7 +183,7 @@ def _heart_scale(z: float) -> float:
     u = (z / CHEST_LENGTH_MM - 0.41) / (0.93 - 0.41)
     if u <= 0.0 or u >= 1.0:
         return 0.0
-    return math.sin(math.pi * u) ** 0.6
+    return float(math.sin(math.pi * u) ** 0.6)
 
 
 def _dome_z(plane: _Plane, frame: _Frame, anatomy: _Anatomy, side: int) -> FloatArray:
@@ -350,7 +350,7 @@ def _segment_distance(
     pz, py, px = zz - np.float32(a[0]), yy - np.float32(a[1]), xx - np.float32(a[2])
     t = np.clip((pz * d[0] + py * d[1] + px * d[2]) / np.float32(length2), 0.0, 1.0)
     dist2 = (pz - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (px - t * d[2]) ** 2
-    return np.sqrt(dist2, dtype=np.float32)
+    return np.asarray(np.sqrt(dist2), dtype=np.float32)
 
 
 def _tube_box(
@@ -389,7 +389,9 @@ def _carve_bronchi(
     return ends
 
 
-def _rotate_towards(direction: npt.NDArray[np.float64], rng: np.random.Generator, angle: float) -> Any:
+def _rotate_towards(
+    direction: npt.NDArray[np.float64], rng: np.random.Generator, angle: float
+) -> npt.NDArray[np.float64]:
     """A unit vector at ``angle`` radians from ``direction``, turned about a random perpendicular axis."""
     helper = np.array([1.0, 0.0, 0.0]) if abs(direction[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
     u = np.cross(direction, helper)
@@ -398,7 +400,7 @@ def _rotate_towards(direction: npt.NDArray[np.float64], rng: np.random.Generator
     phi = rng.uniform(0.0, 2.0 * math.pi)
     perpendicular = math.cos(phi) * u + math.sin(phi) * v
     out = math.cos(angle) * direction + math.sin(angle) * perpendicular
-    return out / np.linalg.norm(out)
+    return np.asarray(out / np.linalg.norm(out), dtype=np.float64)
 
 
 def _vessel_segments(
@@ -607,8 +609,9 @@ class SampleStudy:
     ground_truth: dict[str, Any]
 
 
-def _uid(seed: int, n_slices: int, *what: str) -> str:
-    return str(generate_uid(entropy_srcs=[GENERATOR_NAME, GENERATOR_VERSION, str(seed), str(n_slices), *what]))
+def _uid(seed: int, n_slices: int, *what: str) -> UID:
+    """A UID derived from the seed (pydicom's root + a hash), so rewriting a seed reproduces the same study."""
+    return generate_uid(entropy_srcs=[GENERATOR_NAME, GENERATOR_VERSION, str(seed), str(n_slices), *what])
 
 
 def _ds_str(value: float) -> str:
@@ -617,7 +620,7 @@ def _ds_str(value: float) -> str:
 
 
 def _instance(
-    seed: int, index: int, pixels: Int16Volume, spacing_mm: Spacing, study_uid: str, series_uid: str, frame_uid: str
+    seed: int, index: int, pixels: Int16Volume, spacing_mm: Spacing, study_uid: UID, series_uid: UID, frame_uid: UID
 ) -> Dataset:
     n_slices = pixels.shape[0]
     sop_uid = _uid(seed, n_slices, "instance", str(index))
@@ -642,7 +645,7 @@ def _instance(
     ds.InstitutionName = "Synthetic Hospital"
     ds.ReferringPhysicianName = "Synthetic^Referrer"
     ds.StudyDescription = "CT CHEST WITHOUT CONTRAST"
-    ds.SeriesDescription = "Synthetic chest 1.25 mm lung kernel"
+    ds.SeriesDescription = "Synthetic chest 1.25 mm standard kernel"
     ds.ManufacturerModelName = GENERATOR_NAME
     ds.SoftwareVersions = GENERATOR_VERSION
     ds.PatientName = f"Synthetic^Patient^{seed}"
@@ -653,7 +656,7 @@ def _instance(
     ds.SliceThickness = _ds_str(spacing_mm[0])
     ds.SpacingBetweenSlices = _ds_str(spacing_mm[0])
     ds.KVP = "120"
-    ds.ConvolutionKernel = "LUNG"
+    ds.ConvolutionKernel = "STANDARD"  # densitometry thresholds assume a soft/standard kernel
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
@@ -717,8 +720,8 @@ def write_sample_study(out_dir: Path, seed: int = 0, n_slices: int = DEFAULT_SLI
         "rows": ROWS,
         "columns": COLUMNS,
         "spacing_mm": list(spacing),
-        "study_instance_uid": study_uid,
-        "series_instance_uid": series_uid,
+        "study_instance_uid": str(study_uid),
+        "series_instance_uid": str(series_uid),
         "lung_definition": "labels parenchyma + vessels + emphysema; trachea and main bronchi excluded",
         **ground_truth(hu, labels, spacing),
     }
@@ -727,8 +730,8 @@ def write_sample_study(out_dir: Path, seed: int = 0, n_slices: int = DEFAULT_SLI
     return SampleStudy(
         study_dir=dicom_dir,
         ground_truth_path=truth_path,
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
+        study_instance_uid=str(study_uid),
+        series_instance_uid=str(series_uid),
         n_instances=n_slices,
         ground_truth=truth,
     )
