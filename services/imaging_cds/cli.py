@@ -107,7 +107,7 @@ def _analyze(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict[str, Any]) -> None:
     print(f"study {summary['study_uid']}, series {summary['series_uid']}, model {summary['model']}")
     for key, m in summary["measurements"].items():
-        print(f"  {key:<20} {m['value']:>10g} {m['unit']}")
+        print(f"  {key:<20} {m['value']:>10g} {m['display_unit']}")
     print(summary["conclusion"])
     print(f"FHIR transaction Bundle: {summary['bundle']}")
     print(f"key image:               {summary['key_image']}")

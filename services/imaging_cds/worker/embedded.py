@@ -120,7 +120,11 @@ def result_summary(result: AnalyzeResult) -> dict[str, Any]:
         "series_uid": findings.series_uid,
         "model": f"{result.analysis.algorithm.name} {result.analysis.algorithm.version}",
         "measurements": {
-            m.measure.key: {"value": round(m.value, m.measure.decimals), "unit": m.measure.unit.code}
+            m.measure.key: {
+                "value": round(m.value, m.measure.decimals),
+                "unit": m.measure.unit.code,  # UCUM
+                "display_unit": m.measure.unit.display,
+            }
             for m in findings.measurements
         },
         "conclusion": findings.conclusion,
