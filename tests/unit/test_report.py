@@ -117,3 +117,18 @@ def test_a_report_without_measurements_is_refused() -> None:
     empty = Findings("1.2.3", (), "", (), b"", "")
     with pytest.raises(ValueError, match="no measurements"):
         bundle(findings=empty)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "DiagnosticReport/abc",
+        "DiagnosticReport/abc/_history/1",
+        "http://ehr.example/fhir/DiagnosticReport/abc/_history/2",
+    ],
+)
+def test_report_reference_is_read_from_relative_and_absolute_locations(location: str) -> None:
+    from imaging_cds.worker.service import _report_reference
+
+    response = {"entry": [{"response": {"location": "Observation/1"}}, {"response": {"location": location}}]}
+    assert _report_reference("1.2", response) == "DiagnosticReport/abc"

@@ -159,8 +159,10 @@ class Worker:
 
 
 def _report_reference(study_uid: str, response: dict[str, Any]) -> str:
+    """'DiagnosticReport/<id>' from a transaction-response; locations may be relative or absolute, with _history."""
     for entry in response.get("entry", []):
-        location = str((entry.get("response") or {}).get("location", ""))
-        if location.startswith("DiagnosticReport/"):
-            return "/".join(location.split("/")[:2])
+        parts = str((entry.get("response") or {}).get("location", "")).split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part == "DiagnosticReport" and parts[i + 1]:
+                return f"DiagnosticReport/{parts[i + 1]}"
     raise FhirError(f"study {study_uid}: transaction response names no DiagnosticReport")
