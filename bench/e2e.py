@@ -38,7 +38,7 @@ SANDBOX = REPO / "scripts" / "sandbox"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="studies to run (the first is a warm-up)")
+    parser.add_argument("--runs", type=int, default=5, help="studies to run (the first is a warm-up)")
     parser.add_argument("--slices", type=int, default=220)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-") as tmp:
