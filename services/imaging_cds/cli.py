@@ -18,6 +18,7 @@ from imaging_cds import __version__
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
+from imaging_cds.jobs.model import Job, JobState
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_ANALYSABLE = 0, 1, 2
 DEFAULT_MODEL = "lung-density"
@@ -70,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker, configured by IMAGING_CDS_*")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("jobs", help="operate the job queue: list, show, replay, cancel (IMAGING_CDS_REDIS_URL)")
+    p.add_argument("action", choices=("list", "show", "replay", "cancel"))
+    p.add_argument("job_id", nargs="?", help="for show, replay and cancel")
+    p.add_argument("--state", choices=[s.value for s in JobState], help="list: only jobs in this state")
+    p.add_argument("--dead", action="store_true", help="list: the dead-letter stream")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_jobs)
 
     p = sub.add_parser("models", help="the model manifests in the model repository")
     p.add_argument("action", choices=("list",))
@@ -134,7 +144,7 @@ def _worker(args: argparse.Namespace) -> int:
     from imaging_cds.dicomweb.client import PacsClient
     from imaging_cds.fhir.client import FhirClient
     from imaging_cds.inference.triton import TritonBackend
-    from imaging_cds.jobs.queue import JobQueue
+    from imaging_cds.jobs.queue import queue_from_settings
     from imaging_cds.worker.service import Worker
 
     settings = Settings.from_env()
@@ -142,7 +152,7 @@ def _worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    queue = JobQueue.from_url(settings.redis_url, group=settings.consumer_group)
+    queue = queue_from_settings(settings)
     with (
         FhirClient(settings.fhir_url, settings.http_timeout_s) as fhir,
         PacsClient(
@@ -155,6 +165,56 @@ def _worker(args: argparse.Namespace) -> int:
         finally:
             backend.close()
     return EXIT_OK
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from imaging_cds.jobs.queue import queue_from_settings
+
+    queue = queue_from_settings(Settings.from_env())
+    if args.action == "list":
+        if args.dead:
+            rows: list[dict[str, Any]] = [asdict(d) for d in queue.dead_letters(args.limit)]
+        else:
+            state = JobState(args.state) if args.state else None
+            rows = [_job_row(j) for j in queue.list_jobs(state, limit=args.limit)]
+        columns = ("job_id", "attempts", "reason") if args.dead else ("job_id", "state", "imaging_study", "outcome")
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print("  ".join(str(row[c]) for c in columns))
+        return EXIT_OK
+    if not args.job_id:
+        print(f"error: jobs {args.action} needs a job id", file=sys.stderr)
+        return EXIT_ERROR
+    action = {"show": queue.get, "replay": queue.replay, "cancel": queue.cancel}[args.action]
+    job = action(args.job_id)
+    if job is None:
+        print(f"error: no job {args.job_id}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.action != "show" and job.state.terminal == (args.action == "replay"):
+        print(f"error: job {job.job_id} is {job.state.value}; nothing to {args.action}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(_job_row(job), indent=2))
+    return EXIT_OK
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "state": job.state.value,
+        "imaging_study": f"ImagingStudy/{job.study.imaging_study_id}",
+        "study_uid": job.study.study_uid,
+        "priority": job.priority.value,
+        "attempts": job.attempts,
+        "deliveries": job.deliveries,
+        "outcome": job.outcome,
+        "report": job.report_reference,
+        "updated": job.updated,
+        "stage_seconds": job.stage_seconds,
+    }
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -34,11 +34,28 @@ class Settings:
     register_subscription: bool = True
     report_status: str = "preliminary"
     performer_display: str = "imaging-cds"
-    stream: str = "imaging-cds:jobs"
+    queue_prefix: str = "imaging-cds"
     consumer_group: str = "workers"
     max_body_bytes: int = 1_000_000
     http_timeout_s: float = 30.0
     inference_slab: int = 32
+    # How the EHR tells us about studies: "rest-hook" (R4 criteria Subscription), "backport" (R4 Subscriptions
+    # Backport, topic-based) or "none" (polling only). Polling also runs beside subscriptions, less often.
+    subscription_mode: str = "rest-hook"
+    subscription_topic: str = ""  # backport: the SubscriptionTopic canonical URL the EHR publishes
+    backport_content: str = "id-only"  # backport payload: empty, id-only or full-resource
+    subscription_check_s: float = 60.0  # how often the gateway checks its Subscription and re-creates it
+    poll_interval_s: float = 300.0  # reconciler interval beside a subscription
+    poll_only_interval_s: float = 30.0  # reconciler interval with subscription_mode "none"
+    poll_lookback_s: float = 86_400.0  # on first start, studies updated this long ago are considered
+    # Job engine.
+    visibility_timeout_s: float = 60.0  # a job whose worker stopped renewing its claim this long is taken over
+    max_attempts: int = 6  # transient failures before the job is dead-lettered
+    max_deliveries: int = 10  # times a job may be taken (crashed workers included) before it is dead-lettered
+    retry_base_s: float = 2.0  # backoff: base * 2^(attempt-1), half of it random (jitter), capped
+    retry_cap_s: float = 300.0
+    stability_window_s: float = 30.0  # instance count unchanged this long = study complete (count unknown)
+    max_wait_for_images_s: float = 21_600.0  # then an incomplete study is reported not analysable
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -60,8 +77,14 @@ class Settings:
             else:
                 values[name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
-        if settings.report_status not in ("preliminary", "final"):
-            raise ValueError(
-                f"IMAGING_CDS_REPORT_STATUS must be 'preliminary' or 'final', got {settings.report_status!r}"
-            )
+        _one_of("REPORT_STATUS", settings.report_status, ("preliminary", "final"))
+        _one_of("SUBSCRIPTION_MODE", settings.subscription_mode, ("rest-hook", "backport", "none"))
+        _one_of("BACKPORT_CONTENT", settings.backport_content, ("empty", "id-only", "full-resource"))
+        if settings.subscription_mode == "backport" and not settings.subscription_topic:
+            raise ValueError("IMAGING_CDS_SUBSCRIPTION_MODE=backport needs IMAGING_CDS_SUBSCRIPTION_TOPIC")
         return settings
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"IMAGING_CDS_{name} must be one of {', '.join(allowed)}; got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -43,6 +44,23 @@ class FhirClient:
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         bundle = self._json(self._send("GET", resource_type, params=params), f"search {resource_type}")
         return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
+
+    def search_all(self, resource_type: str, params: dict[str, str], max_pages: int = 100) -> Iterator[dict[str, Any]]:
+        """Every match, following the Bundle's `next` links (at most max_pages pages)."""
+        bundle = self._json(self._send("GET", resource_type, params=params), f"search {resource_type}")
+        for _ in range(max_pages):
+            yield from (e["resource"] for e in bundle.get("entry", []) if "resource" in e)
+            next_url = next(
+                (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"), None
+            )
+            if not next_url:
+                return
+            bundle = self._json(self._send("GET", str(next_url)), f"search {resource_type} (next page)")
+
+    def delete(self, reference: str) -> None:
+        response = self._send("DELETE", reference)
+        if response.status_code not in (200, 202, 204, 404, 410):
+            raise FhirError(f"FHIR delete {reference}: HTTP {response.status_code}: {_issue_text(response)}")
 
     def create(self, resource: dict[str, Any]) -> dict[str, Any]:
         rtype = resource["resourceType"]

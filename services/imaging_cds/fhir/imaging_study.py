@@ -59,7 +59,7 @@ def study_uid_of(resource: dict[str, Any]) -> str:
         if isinstance(ident, dict) and ident.get("system") == codes.DICOM_UID:
             value = str(ident.get("value", ""))
             uid = value.removeprefix("urn:oid:")
-            if _is_uid(uid):
+            if is_dicom_uid(uid):
                 return uid
     raise InvalidNotificationError(
         f"ImagingStudy/{resource.get('id', '?')} has no DICOM Study Instance UID "
@@ -67,6 +67,6 @@ def study_uid_of(resource: dict[str, Any]) -> str:
     )
 
 
-def _is_uid(uid: str) -> bool:
+def is_dicom_uid(uid: str) -> bool:
     parts = uid.split(".")
     return 0 < len(uid) <= 64 and all(p.isdigit() and (p == "0" or not p.startswith("0")) for p in parts)

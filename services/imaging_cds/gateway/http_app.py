@@ -1,18 +1,21 @@
-"""The gateway's HTTP side: FHIR rest-hook notifications in, health for Kubernetes probes.
+"""The gateway's HTTP side: FHIR Subscription notifications in, health for Kubernetes probes.
 
-    PUT|POST /fhir/notify/ImagingStudy/{id}   R4 rest-hook (full resource or empty body)
-    POST     /fhir/notify                      R4 rest-hook ping (empty) or a full ImagingStudy
+    PUT|POST /fhir/notify/ImagingStudy/{id}   R4 rest-hook, full resource or empty body
+    POST     /fhir/notify                      R4 rest-hook post-endpoint (an ImagingStudy, or empty: go query),
+                                               or an R4 Subscriptions Backport notification (history Bundle)
     GET      /healthz                          process alive
     GET      /readyz                           Redis reachable
 
-Answers: 202 queued (or already queued), 200 ignored (a status we do not analyse), 400 malformed, 401 missing or
-wrong secret, 413 body too large, 503 queue unavailable (the EHR retries). Errors are OperationOutcomes.
+Answers: 202 queued (or already queued), 200 nothing to do (handshake, heartbeat, a status we do not analyse),
+400 malformed, 401 missing or wrong secret, 413 body too large, 503 queue unavailable (the EHR retries).
+Errors are OperationOutcomes that say what was wrong with the request, never what it contained.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -22,49 +25,77 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from imaging_cds.errors import InvalidNotificationError
+from imaging_cds.intake.backport import BackportNotification, parse_backport
+from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.rest_hook import parse_notification
+from imaging_cds.jobs.model import StudyRef
 from imaging_cds.jobs.queue import JobQueue
 
 log = logging.getLogger("imaging_cds.gateway")
 
 
-def create_app(queue: JobQueue, webhook_secret: str = "", max_body_bytes: int = 1_000_000) -> Starlette:
+def create_app(
+    queue: JobQueue,
+    webhook_secret: str = "",
+    max_body_bytes: int = 1_000_000,
+    events: EventCounter | None = None,
+    wake_reconciler: Callable[[], None] = lambda: None,
+) -> Starlette:
     expected = f"Bearer {webhook_secret}".encode() if webhook_secret else b""
 
     async def notify(request: Request) -> JSONResponse:
         if expected and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
             return _outcome(401, "security", "missing or wrong webhook credentials")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        body = await _read_body(request, max_body_bytes)
+        if body is None:
             return _outcome(413, "too-costly", f"body over {max_body_bytes} bytes")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return _outcome(413, "too-costly", f"body over {max_body_bytes} bytes")
+        path_id = request.path_params.get("id")
         try:
-            study = parse_notification(request.path_params.get("id"), body, request.headers.get("content-type", ""))
+            if path_id is None and not body.strip():
+                wake_reconciler()  # a payload-less rest-hook: something changed, go and look
+                return JSONResponse({"action": "poll"}, status_code=202)
+            if path_id is None and body.lstrip().startswith(b"{") and b'"history"' in body:
+                return _backport(parse_backport(body))
+            study = parse_notification(path_id, body, request.headers.get("content-type", ""))
         except InvalidNotificationError as err:
             log.info("rejected notification: %s", err)
             return _outcome(400, "invalid", str(err))
         if study is None:
             return _outcome(200, "informational", "ImagingStudy status is not analysable; ignored", "information")
+        return _queue([study])
+
+    def _backport(note: BackportNotification) -> JSONResponse:
+        first = min(note.event_numbers) if note.event_numbers else None
+        if (
+            events is not None
+            and note.subscription_id
+            and events.gap(note.subscription_id, first, note.events_since_start)
+        ):
+            log.warning("Subscription/%s: notifications were missed; polling now", note.subscription_id)
+            wake_reconciler()
+        if note.unresolved_events:
+            wake_reconciler()  # empty payload: the events name no resource, so query for them
+        if note.type != "event-notification" or not note.studies:
+            return JSONResponse({"type": note.type, "queued": []}, status_code=200)
+        return _queue(list(note.studies))
+
+    def _queue(studies: list[StudyRef]) -> JSONResponse:
         try:
-            enqueued = queue.submit(study)
+            results = [queue.submit(s) for s in studies]
         except redis.RedisError:
-            log.warning("queue unavailable; notification for ImagingStudy/%s refused", study.imaging_study_id)
+            log.warning("queue unavailable; notification refused with 503")
             return _outcome(503, "transient", "job queue unavailable; retry later")
-        log.info(
-            "ImagingStudy/%s: job %s %s",
-            study.imaging_study_id,
-            enqueued.job_id,
-            "queued" if enqueued.created else "already queued",
-        )
-        return JSONResponse(
-            {"job_id": enqueued.job_id, "duplicate": not enqueued.created},
-            status_code=202,
-            headers={"Location": f"/jobs/{enqueued.job_id}"},
-        )
+        for study, r in zip(studies, results, strict=True):
+            log.info(
+                "ImagingStudy/%s: job %s %s",
+                study.imaging_study_id,
+                r.job_id,
+                "queued" if r.created else "already queued",
+            )
+        body: dict[str, Any] = {"jobs": [{"job_id": r.job_id, "duplicate": not r.created} for r in results]}
+        if len(results) == 1:
+            body.update(body["jobs"][0])
+        return JSONResponse(body, status_code=202)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -84,6 +115,19 @@ def create_app(queue: JobQueue, webhook_secret: str = "", max_body_bytes: int = 
             Route("/readyz", readyz),
         ]
     )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is over `limit` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _outcome(status: int, code: str, text: str, severity: str = "error") -> JSONResponse:

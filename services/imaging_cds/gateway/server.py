@@ -1,4 +1,4 @@
-"""Running the gateway: gRPC API and HTTP webhook in one process, stopped cleanly on SIGTERM."""
+"""Running the gateway: gRPC API, HTTP webhook, subscription keeper and reconciler in one process."""
 
 from __future__ import annotations
 
@@ -9,29 +9,76 @@ import uvicorn
 
 from imaging_cds.config import Settings
 from imaging_cds.fhir.client import FhirClient
-from imaging_cds.fhir.subscription import ensure_subscription
+from imaging_cds.fhir.subscription import SubscriptionKeeper, SubscriptionSpec
 from imaging_cds.gateway.grpc_api import create_grpc_server
 from imaging_cds.gateway.http_app import create_app
-from imaging_cds.jobs.queue import JobQueue
+from imaging_cds.inference.manifest import load_manifests
+from imaging_cds.intake.events import EventCounter
+from imaging_cds.intake.reconciler import Reconciler
+from imaging_cds.jobs.queue import queue_from_settings
 
 log = logging.getLogger("imaging_cds.gateway")
 
 
 def run_gateway(settings: Settings) -> None:
-    queue = JobQueue.from_url(settings.redis_url, group=settings.consumer_group)
+    queue = queue_from_settings(settings)
     queue.ensure_group()
     stop = threading.Event()
-    grpc_server, grpc_port = create_grpc_server(queue, f"{settings.grpc_host}:{settings.grpc_port}", stop)
+    fhir = FhirClient(settings.fhir_url, settings.http_timeout_s)
+    reconciler = Reconciler(fhir, queue, queue.redis, settings.queue_prefix, settings.poll_lookback_s)
+    polling_only = settings.subscription_mode == "none"
+    interval = settings.poll_only_interval_s if polling_only else settings.poll_interval_s
+    _thread(reconciler.run, stop, interval)
+    if not polling_only and settings.register_subscription:
+        spec = SubscriptionSpec(
+            endpoint=settings.public_webhook_url,
+            secret=settings.webhook_secret,
+            mode=settings.subscription_mode,
+            topic=settings.subscription_topic,
+            content=settings.backport_content,
+        )
+        keeper = SubscriptionKeeper(fhir, spec, on_replaced=reconciler.wake.set)
+        _thread(_keep, keeper, stop, settings.subscription_check_s)
+    grpc_server, grpc_port = create_grpc_server(
+        queue, f"{settings.grpc_host}:{settings.grpc_port}", stop, load_manifests(settings.model_repository)
+    )
     grpc_server.start()
-    log.info("gRPC API on %s:%d", settings.grpc_host, grpc_port)
-    if settings.register_subscription:
-        with FhirClient(settings.fhir_url, settings.http_timeout_s) as fhir:
-            sub_id = ensure_subscription(fhir, settings.public_webhook_url, settings.webhook_secret)
-        log.info("FHIR Subscription/%s delivers to %s", sub_id, settings.public_webhook_url)
-    app = create_app(queue, settings.webhook_secret, settings.max_body_bytes)
+    log.info(
+        "gRPC API on %s:%d; intake: %s, polling every %g s",
+        settings.grpc_host,
+        grpc_port,
+        settings.subscription_mode,
+        interval,
+    )
+    app = create_app(
+        queue,
+        settings.webhook_secret,
+        settings.max_body_bytes,
+        EventCounter(queue.redis, settings.queue_prefix),
+        reconciler.wake.set,
+    )
     try:
         uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
     finally:
         stop.set()
+        reconciler.wake.set()
         grpc_server.stop(grace=5).wait()
+        fhir.close()
         log.info("gateway stopped")
+
+
+def _keep(keeper: SubscriptionKeeper, stop: threading.Event, every_s: float) -> None:
+    """Register the Subscription (retrying until the EHR answers), then keep checking it."""
+    while not stop.is_set():
+        try:
+            sub_id = keeper.ensure()
+            log.info("FHIR Subscription/%s delivers to %s", sub_id, keeper.spec.endpoint)
+            break
+        except Exception as err:  # the EHR may be down at start-up; the reconciler covers the gap
+            log.warning("could not register the Subscription (%s); retrying in 10 s", type(err).__name__)
+            stop.wait(10)
+    keeper.run(stop, every_s)
+
+
+def _thread(target: object, *args: object) -> None:
+    threading.Thread(target=target, args=args, daemon=True).start()  # type: ignore[arg-type]

@@ -15,10 +15,11 @@ class JobState(enum.Enum):
     SUCCEEDED = "succeeded"
     NOT_ANALYZABLE = "not_analyzable"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.NOT_ANALYZABLE, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.NOT_ANALYZABLE, JobState.FAILED, JobState.CANCELLED)
 
 
 class Priority(enum.Enum):
@@ -46,9 +47,13 @@ class Job:
     priority: Priority = Priority.ROUTINE
     outcome: str = ""
     report_reference: str = ""
-    attempts: int = 0
+    attempts: int = 0  # runs that failed for a transient reason (PACS, Triton or EHR unavailable)
+    deliveries: int = 0  # times a worker took the job, crashed runs included (bounds poison messages)
     created: float = 0.0
     updated: float = 0.0
+    not_before: float = 0.0  # a delayed job (backoff, waiting for images) is not run before this time
+    observed_instances: int = -1  # stability window: instances the PACS held when last checked...
+    stable_since: float = 0.0  # ...and since when that count has not changed
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_redis(self) -> dict[str, str]:
@@ -61,8 +66,12 @@ class Job:
             "outcome": self.outcome,
             "report_reference": self.report_reference,
             "attempts": str(self.attempts),
+            "deliveries": str(self.deliveries),
             "created": repr(self.created),
             "updated": repr(self.updated),
+            "not_before": repr(self.not_before),
+            "observed_instances": str(self.observed_instances),
+            "stable_since": repr(self.stable_since),
             "stage_seconds": json.dumps(self.stage_seconds, sort_keys=True),
         }
 
@@ -76,8 +85,12 @@ class Job:
             outcome=fields.get("outcome", ""),
             report_reference=fields.get("report_reference", ""),
             attempts=int(fields.get("attempts", "0")),
+            deliveries=int(fields.get("deliveries", "0")),
             created=float(fields.get("created", "0")),
             updated=float(fields.get("updated", "0")),
+            not_before=float(fields.get("not_before", "0")),
+            observed_instances=int(fields.get("observed_instances", "-1")),
+            stable_since=float(fields.get("stable_since", "0")),
             stage_seconds=_float_map(json.loads(fields.get("stage_seconds", "{}"))),
         )
 

@@ -49,14 +49,29 @@ class JobServiceStub:
                 request_serializer=imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/imaging_cds.v1.JobService/ListJobs',
+                request_serializer=imaging__cds_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/imaging_cds.v1.JobService/CancelJob',
+                request_serializer=imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/imaging_cds.v1.JobService/ListModels',
+                request_serializer=imaging__cds_dot_v1_dot_jobs__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Submit(self, request, context):
-        """Queues analysis of one study. Submitting the same study (same FHIR ImagingStudy id and study UID) twice
-        returns the job that already exists (see SubmitResponse.duplicate).
+        """Queues analysis of one study. A study (FHIR ImagingStudy id) already queued or done is not queued again: the
+        call fails with ALREADY_EXISTS and the existing job's id in the trailing metadata key "job-id".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,6 +86,28 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """Streams the job's state now, then every change, and ends after a terminal state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Jobs in one state (or all), most recently updated first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a job that has not finished: a queued job never runs, a running one writes nothing to the EHR.
+        FAILED_PRECONDITION when the job already ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The models this deployment runs, from their manifests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +130,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=imaging__cds_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
+                    response_serializer=imaging__cds_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=imaging__cds_dot_v1_dot_jobs__pb2.Job.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=imaging__cds_dot_v1_dot_jobs__pb2.ListModelsRequest.FromString,
+                    response_serializer=imaging__cds_dot_v1_dot_jobs__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +228,87 @@ class JobService:
             '/imaging_cds.v1.JobService/WatchJob',
             imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             imaging__cds_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imaging_cds.v1.JobService/ListJobs',
+            imaging__cds_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+            imaging__cds_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imaging_cds.v1.JobService/CancelJob',
+            imaging__cds_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            imaging__cds_dot_v1_dot_jobs__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imaging_cds.v1.JobService/ListModels',
+            imaging__cds_dot_v1_dot_jobs__pb2.ListModelsRequest.SerializeToString,
+            imaging__cds_dot_v1_dot_jobs__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,20 +1,26 @@
 """The worker service: take a job from the queue, run the pipeline against the real systems, record the outcome.
 
-    ImagingStudy (EHR) -> series (PACS, QIDO-RS) -> select -> retrieve + decode + infer (WADO-RS, Triton)
-    -> post-process -> FHIR transaction (EHR) -> job state
+    ImagingStudy (EHR) -> series (PACS, QIDO-RS) -> images complete? -> select -> retrieve + decode + infer
+    (WADO-RS, Triton) -> post-process -> still ours and not cancelled? -> FHIR transaction (EHR) -> job state
 
-A job is acknowledged on the stream only once it is terminal, so a worker that dies mid-job leaves it for another.
+Every job ends in exactly one of: a terminal state with its stream entry acknowledged (succeeded, not analysable,
+cancelled, or failed and dead-lettered), or parked in the delayed set (waiting for images, or backing off after a
+transient failure). A worker that dies mid-job stops renewing its claim, and another takes the job over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
@@ -26,19 +32,30 @@ from imaging_cds.fhir.report import build_report_bundle
 from imaging_cds.inference.backend import InferenceBackend
 from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.jobs.model import Job, JobState
+from imaging_cds.jobs.policy import Readiness, backoff_s, study_readiness
 from imaging_cds.jobs.queue import Delivery, JobQueue
 from imaging_cds.worker.pipeline import analyze_series
 from imaging_cds.worker.timing import StageTimer
 
 log = logging.getLogger("imaging_cds.worker")
 
-MAX_ATTEMPTS = 5
+ANALYSABLE_STATUS = "available"
 
 
 @dataclass(frozen=True)
 class StudyOutcome:
     report_reference: str
     stage_seconds: dict[str, float]
+
+
+class StudyNotReady(Exception):
+    def __init__(self, readiness: Readiness) -> None:
+        self.readiness = readiness
+        super().__init__(readiness.reason)
+
+
+class JobAbandoned(Exception):
+    """The job was cancelled, or another worker took it over: this worker must write nothing."""
 
 
 class Worker:
@@ -59,46 +76,106 @@ class Worker:
         self.model = model
         self.consumer = f"worker-{uuid.uuid4().hex[:8]}"
 
+    # -- the loop -----------------------------------------------------------------------------------------------
+
     def run(self, stop: threading.Event) -> None:
-        self.queue.ensure_group()
-        log.info("worker %s consuming %s", self.consumer, self.queue.stream)
+        log.info("worker %s consuming %s", self.consumer, ", ".join(self.queue.streams.values()))
         while not stop.is_set():
-            delivery = self.queue.next_delivery(self.consumer)
-            if delivery is not None:
-                self.handle(delivery)
+            try:
+                self.queue.ensure_group()
+                delivery = self.queue.next_delivery(self.consumer)
+                if delivery is not None:
+                    self.handle(delivery)
+            except redis.RedisError as err:
+                # Redis restarting or unreachable: nothing is lost (unacknowledged entries stay pending); wait.
+                log.warning("queue unavailable (%s); retrying in 1 s", type(err).__name__)
+                stop.wait(1.0)
 
     def handle(self, delivery: Delivery) -> Job | None:
         job = self.queue.get(delivery.job_id)
         if job is None or job.state.terminal:
             self.queue.ack(delivery)
             return job
-        job = job.with_state(JobState.RUNNING, time.time(), attempts=job.attempts + 1, outcome="")
+        if job.deliveries >= self.settings.max_deliveries:
+            return self._finish(
+                delivery,
+                job.with_state(
+                    JobState.FAILED,
+                    time.time(),
+                    outcome=f"study {job.study.study_uid or job.study.imaging_study_id}: taken {job.deliveries} times "
+                    "without finishing (workers crashed or were stopped on it); dead-lettered for a person to look at",
+                ),
+            )
+        job = job.with_state(JobState.RUNNING, time.time(), deliveries=job.deliveries + 1, outcome="")
         self.queue.save(job)
-        job = self._run(job)
-        self.queue.save(job)
-        if job.state.terminal:
-            self.queue.ack(delivery)
+        with _ClaimRenewal(self.queue, delivery, self.consumer, self.settings.visibility_timeout_s / 4) as claim:
+            try:
+                result = self._run(job, lambda: self._still_ours(job, delivery, claim))
+            except JobAbandoned as why:
+                log.info("job %s: %s; nothing written", job.job_id, why)
+                current = self.queue.get(job.job_id)
+                if current is not None and current.state is JobState.CANCELLED:
+                    self.queue.ack(delivery)
+                return current
+        if result.state.terminal:
+            return self._finish(delivery, result)
+        self.queue.retry_later(delivery, result)
+        log.info("job %s: %s", job.job_id, result.outcome)
+        return result
+
+    def _finish(self, delivery: Delivery, job: Job) -> Job:
+        self.queue.finish(delivery, job)
         log.info("job %s study %s: %s %s", job.job_id, job.study.study_uid, job.state.value, job.outcome)
         return job
 
-    def _run(self, job: Job) -> Job:
+    def _still_ours(self, job: Job, delivery: Delivery, claim: _ClaimRenewal) -> None:
+        current = self.queue.get(job.job_id)
+        if current is not None and current.state is JobState.CANCELLED:
+            raise JobAbandoned("cancelled by an operator")
+        if claim.lost or not self.queue.owns(delivery, self.consumer):
+            raise JobAbandoned("taken over by another worker")
+
+    def _run(self, job: Job, before_write: Callable[[], None]) -> Job:
+        now = time.time()
         try:
-            outcome = self.process_study(job.study.imaging_study_id)
+            outcome = self.process_study(job.study.imaging_study_id, job, before_write)
+        except StudyNotReady as wait:
+            r = wait.readiness
+            return job.with_state(
+                JobState.QUEUED,
+                now,
+                not_before=now + r.wait_s,
+                observed_instances=r.observed,
+                stable_since=r.stable_since,
+                outcome=f"waiting for images: {r.reason}",
+            )
         except NotAnalyzableError as err:
-            return job.with_state(JobState.NOT_ANALYZABLE, time.time(), outcome=str(err))
+            return job.with_state(JobState.NOT_ANALYZABLE, now, outcome=str(err))
         except TransientError as err:
-            if job.attempts >= MAX_ATTEMPTS:
+            attempts = job.attempts + 1
+            if attempts >= self.settings.max_attempts:
                 return job.with_state(
-                    JobState.FAILED, time.time(), outcome=f"{err} (gave up after {job.attempts} attempts)"
+                    JobState.FAILED,
+                    now,
+                    attempts=attempts,
+                    outcome=f"{err} (gave up after {attempts} attempts; dead-lettered, replay when fixed)",
                 )
-            # Left unacknowledged: the stream hands it out again after the visibility timeout.
-            return job.with_state(JobState.QUEUED, time.time(), outcome=f"attempt {job.attempts} failed: {err}")
+            delay = backoff_s(attempts, self.settings.retry_base_s, self.settings.retry_cap_s)
+            return job.with_state(
+                JobState.QUEUED,
+                now,
+                attempts=attempts,
+                not_before=now + delay,
+                outcome=f"attempt {attempts} of {self.settings.max_attempts} failed, retrying in {delay:.0f} s: {err}",
+            )
         except (ImagingCdsError, FhirError) as err:
-            return job.with_state(JobState.FAILED, time.time(), outcome=str(err))
+            return job.with_state(JobState.FAILED, now, outcome=f"{err}; dead-lettered")
+        except JobAbandoned:
+            raise
         except Exception as err:  # a bug: fail the job visibly, never drop it; the type names it, not the data
             log.exception("job %s: unexpected %s", job.job_id, type(err).__name__)
             return job.with_state(
-                JobState.FAILED, time.time(), outcome=f"internal error ({type(err).__name__}); see worker log"
+                JobState.FAILED, now, outcome=f"internal error ({type(err).__name__}); see worker log; dead-lettered"
             )
         return job.with_state(
             JobState.SUCCEEDED,
@@ -108,13 +185,24 @@ class Worker:
             stage_seconds=outcome.stage_seconds,
         )
 
-    def process_study(self, imaging_study_id: str) -> StudyOutcome:
+    # -- one study ----------------------------------------------------------------------------------------------
+
+    def process_study(
+        self,
+        imaging_study_id: str,
+        job: Job | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> StudyOutcome:
+        """Analyse one study and write its report. With a job, first wait until its images are complete."""
         timer = StageTimer()
         with timer.stage("fhir-read"):
             study = self._load_study(imaging_study_id)
         uid = study.context.study_uid
         with timer.stage("search"):
-            chosen = select_series(uid, self.pacs.search_series(uid), self.model.selection)
+            series = self.pacs.search_series(uid)
+        if job is not None:
+            self._check_complete(job, study, sum(s.n_instances for s in series))
+        chosen = select_series(uid, series, self.model.selection)
         analysis = analyze_series(
             uid,
             chosen.series_uid,
@@ -129,17 +217,43 @@ class Worker:
             bundle = build_report_bundle(
                 study.context, analysis.algorithm, analysis.findings, self.settings.report_status, issued
             )
+            if before_write is not None:
+                before_write()
             response = self.fhir.transaction(bundle)
         return StudyOutcome(report_reference=_report_reference(uid, response), stage_seconds=timer.seconds())
 
+    def _check_complete(self, job: Job, study: ImagingStudyInfo, observed: int) -> None:
+        now = time.time()
+        readiness = study_readiness(
+            study.number_of_instances,
+            observed,
+            job.observed_instances,
+            job.stable_since or now,
+            now,
+            self.settings.stability_window_s,
+        )
+        if readiness.ready:
+            return
+        if now - job.created > self.settings.max_wait_for_images_s:
+            raise NotAnalyzableError(
+                study.context.study_uid,
+                f"images still incomplete after {self.settings.max_wait_for_images_s / 3600:g} h: {readiness.reason}",
+            )
+        raise StudyNotReady(readiness)
+
     def _load_study(self, imaging_study_id: str) -> ImagingStudyInfo:
         resource = self.fhir.read(f"ImagingStudy/{imaging_study_id}")
+        where = f"ImagingStudy/{imaging_study_id}"
         if resource is None:
-            raise NotAnalyzableError("(unknown)", f"ImagingStudy/{imaging_study_id} not found on the FHIR server")
+            raise NotAnalyzableError("(unknown)", f"{where} not found on the FHIR server")
         try:
             study = parse_imaging_study(resource)
         except InvalidNotificationError as err:
             raise NotAnalyzableError("(unknown)", str(err)) from err
+        if study.status != ANALYSABLE_STATUS:
+            raise NotAnalyzableError(
+                study.context.study_uid, f"{where} has status {study.status or 'missing'}, expected available"
+            )
         self._check_endpoint(study)
         return study
 
@@ -156,6 +270,33 @@ class Worker:
                 f"ImagingStudy/{study.context.imaging_study_id} names no DICOMweb endpoint at the configured "
                 f"PACS ({self.pacs.url}); images are only retrieved from configured PACS",
             )
+
+
+class _ClaimRenewal:
+    """Renews the worker's claim on its stream entry in the background while the job runs."""
+
+    def __init__(self, queue: JobQueue, delivery: Delivery, consumer: str, every_s: float) -> None:
+        self._queue, self._delivery, self._consumer, self._every_s = queue, delivery, consumer, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="claim-renewal")
+        self.lost = False
+
+    def __enter__(self) -> _ClaimRenewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._every_s * random.uniform(0.8, 1.0)):
+            try:
+                if not self._queue.heartbeat(self._delivery, self._consumer):
+                    self.lost = True
+                    return
+            except redis.RedisError:
+                continue  # Redis restarting: the claim's idle time keeps running; try again
 
 
 def _report_reference(study_uid: str, response: dict[str, Any]) -> str:
