@@ -28,7 +28,7 @@ from imaging_cds.dicomweb.client import PacsClient  # noqa: E402
 from imaging_cds.fhir.client import FhirClient  # noqa: E402
 from imaging_cds.inference.manifest import load_manifest  # noqa: E402
 from imaging_cds.inference.triton import TritonBackend  # noqa: E402
-from imaging_cds.jobs.queue import JobQueue  # noqa: E402
+from imaging_cds.jobs.queue import queue_from_settings  # noqa: E402
 from imaging_cds.sample.synthetic_ct import write_sample_study  # noqa: E402
 from imaging_cds.worker.service import Worker  # noqa: E402
 from tests.services import create_study_in_ehr, store_folder  # noqa: E402
@@ -67,7 +67,7 @@ def run(settings: Settings, tmp: Path, runs: int, slices: int) -> int:
         PacsClient(settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password) as pacs,
     ):
         backend = TritonBackend(settings.triton_grpc_url)
-        worker = Worker(settings, JobQueue.from_url(settings.redis_url), fhir, pacs, backend, model)
+        worker = Worker(settings, queue_from_settings(settings), fhir, pacs, backend, model)
         for seed in range(runs):
             sample = write_sample_study(tmp / f"study-{seed}", seed=seed, n_slices=slices)
             store_folder(pacs, sample.study_dir)

@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydicom.data import get_testdata_file
 
@@ -24,7 +23,7 @@ from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
 from imaging_cds.inference.manifest import load_manifest
 from imaging_cds.inference.triton import TritonBackend
-from imaging_cds.jobs.queue import JobQueue
+from imaging_cds.jobs.queue import queue_from_settings
 from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 from imaging_cds.v1 import jobs_pb2, jobs_pb2_grpc
 from imaging_cds.worker.service import Worker
@@ -61,6 +60,7 @@ def stack(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         IMAGING_CDS_GRPC_PORT=str(grpc_port),
         IMAGING_CDS_PUBLIC_WEBHOOK_URL=webhook,
         IMAGING_CDS_WEBHOOK_SECRET=SECRET,
+        IMAGING_CDS_STABILITY_WINDOW_S="2",
     )
     settings = Settings.from_env(env)
     with (
@@ -72,10 +72,8 @@ def stack(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     ):
         wait_for("gateway /readyz", lambda: httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200)
         health = health_pb2_grpc.HealthStub(channel)
-        wait_for(
-            "gRPC health SERVING",
-            lambda: _serving(health),
-        )
+        wait_for("gRPC health SERVING", lambda: _serving(health))
+        wait_for("our Subscription active on the FHIR server", lambda: _subscribed(fhir, webhook))
         yield Stack(
             env,
             settings,
@@ -87,6 +85,20 @@ def stack(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
             [logs / "gateway.log", logs / "worker.log"],
             Path(sandbox["_STATE_DIR"]),
         )
+
+
+def _subscribed(fhir: FhirClient, webhook: str) -> bool:
+    return any(s["channel"]["endpoint"] == webhook and s["status"] == "active" for s in fhir.search("Subscription", {}))
+
+
+def submit_or_existing(stub: jobs_pb2_grpc.JobServiceStub, imaging_study_id: str) -> str:
+    """Submit the study; when a notification already queued it, the existing job (ALREADY_EXISTS + job-id)."""
+    ref = jobs_pb2.StudyReference(imaging_study_id=imaging_study_id)
+    try:
+        return str(stub.Submit(jobs_pb2.SubmitRequest(study=ref), timeout=10).job_id)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS, err
+        return dict(err.trailing_metadata())["job-id"]  # type: ignore[attr-defined]
 
 
 def _serving(health: health_pb2_grpc.HealthStub) -> bool:
@@ -143,11 +155,13 @@ def test_chest_ct_becomes_a_report_in_the_patients_chart(
     assert device is not None and device["modelNumber"] == "lung-density"
 
 
-def test_the_job_is_visible_over_grpc_and_a_duplicate_submit_returns_it(stack: Stack, charted: dict[str, Any]) -> None:
+def test_the_job_is_visible_over_grpc_and_a_duplicate_submit_names_it(stack: Stack, charted: dict[str, Any]) -> None:
     ref = jobs_pb2.StudyReference(imaging_study_id=charted["study"]["id"])
-    submitted = stack.grpc.Submit(jobs_pb2.SubmitRequest(study=ref), timeout=10)
-    assert submitted.duplicate
-    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), timeout=60))[-1]
+    with pytest.raises(grpc.RpcError) as duplicate:
+        stack.grpc.Submit(jobs_pb2.SubmitRequest(study=ref), timeout=10)
+    assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    job_id = dict(duplicate.value.trailing_metadata())["job-id"]  # type: ignore[attr-defined]
+    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=60))[-1]
     assert final.state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert final.report_reference == f"DiagnosticReport/{charted['report']['id']}"
     assert {"retrieve", "infer", "post-process", "fhir-write"} <= set(final.stage_seconds)
@@ -163,7 +177,7 @@ def test_replayed_notification_creates_no_second_report(stack: Stack, charted: d
     assert reply.status_code == 202 and reply.json()["duplicate"] is True
     # At-least-once delivery means a worker may process the same study again: the write must be a no-op.
     model = load_manifest(stack.settings.model_repository / "lung-density")
-    queue = JobQueue.from_url(stack.settings.redis_url)
+    queue = queue_from_settings(stack.settings)
     backend = TritonBackend(stack.settings.triton_grpc_url)
     try:
         Worker(stack.settings, queue, stack.fhir, stack.pacs, backend, model).process_study(charted["study"]["id"])
@@ -176,15 +190,15 @@ def test_replayed_notification_creates_no_second_report(stack: Stack, charted: d
 
 
 def test_malformed_or_unauthenticated_notifications_enqueue_nothing(stack: Stack) -> None:
-    r = redis.Redis.from_url(stack.settings.redis_url)
-    before = r.xlen(stack.settings.stream)
+    queue = queue_from_settings(stack.settings)
+    before = queue.stream_length()
     auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/fhir+json"}
     assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=b"{oops", headers=auth).status_code == 400
-    assert httpx.post(stack.webhook, content=b"", headers=auth).status_code == 400
+    assert httpx.post(stack.webhook, content=b"[1, 2]", headers=auth).status_code == 400
     assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=b"", headers={}).status_code == 401
     huge = b"{" + b" " * 2_000_000 + b"}"
     assert httpx.put(f"{stack.webhook}/ImagingStudy/1", content=huge, headers=auth).status_code == 413
-    assert r.xlen(stack.settings.stream) == before
+    assert queue.stream_length() == before
     assert httpx.get(stack.webhook.replace("/fhir/notify", "/healthz")).status_code == 200
 
 
@@ -204,11 +218,9 @@ def test_a_study_that_is_not_a_chest_ct_gets_a_reason_and_no_report(stack: Stack
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(folder / f"{i}.dcm")
     store_folder(stack.pacs, folder)
-    study = create_study_in_ehr(stack.fhir, study_uid, stack.settings.dicomweb_url, 2, status="registered")
-    submitted = stack.grpc.Submit(
-        jobs_pb2.SubmitRequest(study=jobs_pb2.StudyReference(imaging_study_id=study["id"])), timeout=10
-    )
-    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id), timeout=120))[-1]
+    study = create_study_in_ehr(stack.fhir, study_uid, stack.settings.dicomweb_url, 2)
+    job_id = submit_or_existing(stack.grpc, study["id"])
+    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=120))[-1]
     assert final.state == jobs_pb2.JOB_STATE_NOT_ANALYZABLE
     assert study_uid in final.outcome and "no series fits" in final.outcome and "MR" in final.outcome
     assert stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]}) == []
