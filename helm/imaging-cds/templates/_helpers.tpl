@@ -133,7 +133,7 @@ seccompProfile:
 {{- end }}
 
 {{- define "imaging-cds.modelRepositoryPath" -}}
-{{- if and (eq .Values.triton.modelRepository.source "pvc") .Values.triton.modelRepository.pvc.sharedWithWorker -}}
+{{- if and (eq .Values.triton.modelRepository.source "pvc") .Values.triton.modelRepository.pvc.sharedWithServices -}}
 /models
 {{- else -}}
 /app/triton_repo
@@ -175,6 +175,14 @@ seccompProfile:
   value: {{ .Values.app.httpTimeoutSeconds | toString | quote }}
 - name: IMAGING_CDS_MODEL_REPOSITORY
   value: {{ include "imaging-cds.modelRepositoryPath" . | quote }}
+- name: IMAGING_CDS_QUEUE_PREFIX
+  value: {{ .Values.queue.prefix | quote }}
+- name: IMAGING_CDS_CONSUMER_GROUP
+  value: {{ .Values.queue.consumerGroup | quote }}
+- name: IMAGING_CDS_VISIBILITY_TIMEOUT_S
+  value: {{ .Values.queue.visibilityTimeoutSeconds | toString | quote }}
+- name: IMAGING_CDS_MAX_ATTEMPTS
+  value: {{ .Values.queue.maxAttempts | toString | quote }}
 # Python writes nothing under the read-only root filesystem: caches and temporary files go to /tmp (an emptyDir).
 - name: HOME
   value: /tmp
@@ -182,9 +190,33 @@ seccompProfile:
   value: /tmp
 {{- end }}
 
-{{/* Volumes every app container mounts: /tmp on an emptyDir (the root filesystem is read-only). */}}
+{{/* /tmp on an emptyDir (the root filesystem is read-only): (dict "sizeLimit" "64Mi") */}}
 {{- define "imaging-cds.tmpVolume" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .sizeLimit }}
+{{- end }}
+
+{{/* The gateway's and workers' volumes and mounts: /tmp, and the model repository claim when it is shared. */}}
+{{- define "imaging-cds.appVolumes" -}}
+{{ include "imaging-cds.tmpVolume" (dict "sizeLimit" .sizeLimit) }}
+{{- if eq (include "imaging-cds.modelRepositoryPath" .root) "/models" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ required "triton.modelRepository.pvc.claimName is required for the pvc source" .root.Values.triton.modelRepository.pvc.claimName }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "imaging-cds.appVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if eq (include "imaging-cds.modelRepositoryPath" .) "/models" }}
+- name: models
+  mountPath: /models
+  readOnly: true
+  {{- with .Values.triton.modelRepository.pvc.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
 {{- end }}

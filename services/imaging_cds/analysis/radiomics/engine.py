@@ -102,7 +102,7 @@ def _texture(
     grid[roi.intensity_mask] = levels
     if levels.min() < 1:
         raise ValueError("grey levels must be >= 1; set a discretisation for images whose intensities are not")
-    grey = GreyImage.from_levels(grid, roi.intensity_mask)
+    grey = GreyImage.from_levels(grid, roi.intensity_mask, roi.morph_mask)
     for dims in config.aggregations:
         zn = zones(grey, dims) if families & {"glszm", "gldzm"} else None
         if "glcm" in families:

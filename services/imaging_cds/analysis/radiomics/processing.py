@@ -73,7 +73,9 @@ def process(
     else:
         target = tuple(s if t is None else float(t) for s, t in zip(spacing, config.spacing_mm, strict=True))
         new_img, roi_f, new_spacing = _interpolate(img, roi, spacing, target, config)
-        new_roi = roi_f >= config.roi_partial_volume
+        # Interpolated fractions that should be exactly 0.5 (a voxel midway between two slices) come out as
+        # 0.49999999999999994; rounding noise must not decide which voxels are in the ROI.
+        new_roi = roi_f >= config.roi_partial_volume - 1e-9
     if config.intensity_rounding:
         step = config.intensity_rounding
         new_img = np.round(new_img / step) * step

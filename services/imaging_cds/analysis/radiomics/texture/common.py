@@ -33,19 +33,31 @@ DIRECTIONS_2D: tuple[tuple[int, int, int], ...] = tuple(d for d in DIRECTIONS_3D
 
 @dataclass(frozen=True)
 class GreyImage:
-    """Grey levels ``1..n_levels`` in the intensity mask and 0 outside; ``(z, y, x)``, padded by one empty voxel."""
+    """Grey levels ``1..n_levels`` in the intensity mask and 0 outside; ``(z, y, x)``, padded by one empty voxel.
+
+    ``roi`` is the ROI before re-segmentation (the morphological mask) on the same grid: zone distances run to
+    its edge, so voxels that re-segmentation removed inside a tumour do not count as edges.
+    """
 
     levels: IntArray
     n_levels: int
+    roi: npt.NDArray[np.bool_]
 
     @classmethod
-    def from_levels(cls, levels: IntArray, mask: npt.NDArray[np.bool_], n_levels: int | None = None) -> GreyImage:
-        idx = np.argwhere(mask)
+    def from_levels(
+        cls,
+        levels: IntArray,
+        mask: npt.NDArray[np.bool_],
+        roi: npt.NDArray[np.bool_] | None = None,
+        n_levels: int | None = None,
+    ) -> GreyImage:
+        outer = mask if roi is None else (roi | mask)
+        idx = np.argwhere(outer)
         lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
         grid = np.where(mask[box], levels[box], 0).astype(np.int64)
         ng = int(grid.max()) if n_levels is None else n_levels
-        return cls(np.pad(grid, 1), ng)
+        return cls(np.pad(grid, 1), ng, np.pad(outer[box], 1))
 
     @property
     def mask(self) -> npt.NDArray[np.bool_]:

@@ -1,7 +1,8 @@
 """Grey level distance zone matrix features (IBSI 1, 3.9).
 
 A zone's distance is the smallest distance of its voxels to the ROI edge, in voxel steps with 6-connectivity (3D)
-or 4-connectivity (2D); voxels on the edge are at distance 1.
+or 4-connectivity (2D); voxels on the edge are at distance 1. The edge is that of the ROI before re-segmentation
+(the morphological mask), as the IBSI reference values assume.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def edge_distance(mask: np.ndarray, dims: str) -> IntArray:
 def gldzm_features(grey: GreyImage, dims: str, zn: Zones | None = None) -> dict[str, float]:
     zn = zn or zones(grey, dims)
     n_zones = len(zn.grey)
-    dist = edge_distance(grey.levels > 0, dims)
+    dist = edge_distance(grey.roi, dims)
     zone_dist = np.asarray(
         ndimage.minimum(dist, labels=zn.labels, index=np.arange(1, n_zones + 1)), dtype=np.int64
     ).reshape(-1)
