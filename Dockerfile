@@ -16,10 +16,11 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services/ services/
-# Every dependency ships a manylinux wheel for CPython 3.11: no compiler in either stage.
-RUN /opt/venv/bin/pip install --only-binary=:all: --no-deps --upgrade pip==25.3 \
- && /opt/venv/bin/pip install --prefer-binary . \
- && /opt/venv/bin/python -m compileall -q /opt/venv/lib/python3.11/site-packages/imaging_cds
+# Every dependency ships a manylinux (glibc <= 2.28) wheel for CPython 3.11, and their native libraries need only
+# what Debian's slim image has (libc, libstdc++, libgcc_s, zlib): no compiler in either stage. pip also writes the
+# bytecode, so nothing is compiled at run time on the read-only filesystem.
+RUN /opt/venv/bin/pip install --upgrade pip==26.3 \
+ && /opt/venv/bin/pip install --only-binary=:all: --no-binary=imaging-cds .
 
 # ---- runtime: the virtual environment, the model repository, a non-root user ----------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -29,8 +30,8 @@ RUN groupadd --system --gid ${UID} imaging-cds \
       --shell /usr/sbin/nologin imaging-cds
 COPY --from=build /opt/venv /opt/venv
 # The manifests the workers read, and the tree Triton can be fed from (helm: triton.modelRepository.source=image).
-COPY --chmod=0644 triton_repo/ /app/triton_repo/
-RUN find /app/triton_repo -type d -exec chmod 0755 {} +
+COPY triton_repo/ /app/triton_repo/
+RUN chmod -R a+rX,go-w /app/triton_repo
 # Read-only root filesystem: nothing is written outside /tmp, which Kubernetes mounts as an emptyDir.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging_cds import __version__
+from imaging_cds.analysis.radiomics import cli as radiomics_cli
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_models)
+    radiomics_cli.add_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import httpx
@@ -343,7 +344,7 @@ resource_like = st.fixed_dictionaries(
 def test_malformed_webhook_input_gets_4xx_and_enqueues_nothing(gateway_only: Services, body: Any, path_id: Any) -> None:
     queue = queue_from_settings(gateway_only.settings)
     before = queue.stream_length()
-    url = gateway_only.webhook + (f"/ImagingStudy/{httpx.URL(path_id).raw_path.decode()}" if path_id else "")
+    url = gateway_only.webhook + (f"/ImagingStudy/{quote(path_id, safe='')}" if path_id else "")
     content = body if isinstance(body, bytes) else body.encode()
     if not content.strip():
         content = b"{}"

@@ -2,9 +2,12 @@
 
 ``compute_features(image, mask, spacing, config)`` returns ``{feature key: (value, UCUM unit)}``; the keys and
 their IBSI codings are in :data:`FEATURES`; :data:`IBSI_CONFIGURATIONS` holds the IBSI reference configurations.
+The engine (scipy, scikit-image) is imported on first use, so reading the coding tables stays cheap.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from imaging_cds.analysis.radiomics.config import (
     IBSI_CONFIGURATIONS,
@@ -13,9 +16,11 @@ from imaging_cds.analysis.radiomics.config import (
     RadiomicsConfig,
     config_from_mapping,
 )
-from imaging_cds.analysis.radiomics.engine import RadiomicsResult, compute_features, extract
 from imaging_cds.analysis.radiomics.features import AGGREGATIONS, FAMILIES, FEATURES, FeatureDef, unit_for
-from imaging_cds.analysis.radiomics.processing import EmptyRoiError
+
+if TYPE_CHECKING:
+    from imaging_cds.analysis.radiomics.engine import RadiomicsResult, compute_features, extract
+    from imaging_cds.analysis.radiomics.processing import EmptyRoiError
 
 __all__ = [
     "AGGREGATIONS",
@@ -33,3 +38,19 @@ __all__ = [
     "extract",
     "unit_for",
 ]
+
+_LAZY = {
+    "RadiomicsResult": "engine",
+    "compute_features": "engine",
+    "extract": "engine",
+    "EmptyRoiError": "processing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

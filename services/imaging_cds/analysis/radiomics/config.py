@@ -92,9 +92,10 @@ class RadiomicsConfig:
                 raise ConfigError(f"{name} {getattr(self, name)!r}: expected nearest, linear or cubic")
         if not 0.0 < self.roi_partial_volume <= 1.0:
             raise ConfigError(f"roi_partial_volume {self.roi_partial_volume}: expected a fraction in (0, 1]")
-        if self.spacing_mm is not None:
-            if len(self.spacing_mm) != 3 or any(s is not None and not s > 0 for s in self.spacing_mm):
-                raise ConfigError(f"spacing_mm {self.spacing_mm}: expected three positive numbers (z, y, x) or None")
+        if self.spacing_mm is not None and (
+            len(self.spacing_mm) != 3 or any(s is not None and not s > 0 for s in self.spacing_mm)
+        ):
+            raise ConfigError(f"spacing_mm {self.spacing_mm}: expected three positive numbers (z, y, x) or None")
         if self.resegmentation_range is not None:
             lo, hi = self.resegmentation_range
             if lo is not None and hi is not None and lo > hi:

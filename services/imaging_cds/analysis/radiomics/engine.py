@@ -6,17 +6,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from imaging_cds.analysis.radiomics import intensity, morphology
 from imaging_cds.analysis.radiomics.config import RadiomicsConfig
-from imaging_cds.analysis.radiomics.features import FEATURES, unit_for
+from imaging_cds.analysis.radiomics.features import unit_for
 from imaging_cds.analysis.radiomics.processing import ProcessedRoi, discretise, process
 from imaging_cds.analysis.radiomics.texture.common import GreyImage
-from imaging_cds.analysis.radiomics.texture.gldzm import gldzm_features
 from imaging_cds.analysis.radiomics.texture.glcm import glcm_features
+from imaging_cds.analysis.radiomics.texture.gldzm import gldzm_features
 from imaging_cds.analysis.radiomics.texture.glrlm import glrlm_features
 from imaging_cds.analysis.radiomics.texture.glszm import glszm_features, zones
 from imaging_cds.analysis.radiomics.texture.ngldm import ngldm_features
@@ -105,17 +106,14 @@ def _texture(
     grey = GreyImage.from_levels(grid, roi.intensity_mask, roi.morph_mask)
     for dims in config.aggregations:
         zn = zones(grey, dims) if families & {"glszm", "gldzm"} else None
-        if "glcm" in families:
-            timed("glcm", lambda: glcm_features(grey, dims))
-        if "glrlm" in families:
-            timed("glrlm", lambda: glrlm_features(grey, dims))
-        if "glszm" in families:
-            timed("glszm", lambda: glszm_features(grey, dims, zn))
-        if "gldzm" in families:
-            timed("gldzm", lambda: gldzm_features(grey, dims, zn))
-        if "ngtdm" in families:
-            timed("ngtdm", lambda: ngtdm_features(grey, dims))
-        if "ngldm" in families:
-            timed("ngldm", lambda: ngldm_features(grey, dims))
-
-
+        calls: dict[str, Callable[[], dict[str, float]]] = {
+            "glcm": partial(glcm_features, grey, dims),
+            "glrlm": partial(glrlm_features, grey, dims),
+            "glszm": partial(glszm_features, grey, dims, zn),
+            "gldzm": partial(gldzm_features, grey, dims, zn),
+            "ngtdm": partial(ngtdm_features, grey, dims),
+            "ngldm": partial(ngldm_features, grey, dims),
+        }
+        for name, call in calls.items():
+            if name in families:
+                timed(name, call)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from scipy import fft
 
 from imaging_cds.analysis.radiomics.config import Discretisation
@@ -144,20 +143,15 @@ def intensity_volume_histogram(
     elif method.method == "fbn":
         n = int(method.value)
         vmin, vmax = float(values.min()), float(values.max())
-        if vmax > vmin:
-            x = np.minimum(np.floor(n * (values - vmin) / (vmax - vmin)) + 1, n)
-        else:
-            x = np.ones_like(values)
+        x = np.minimum(np.floor(n * (values - vmin) / (vmax - vmin)) + 1, n) if vmax > vmin else np.ones_like(values)
         lo, hi = 1.0, float(n)
         grid = np.arange(1.0, n + 1.0)
         in_unit = False
     else:
         x = values
         lo, hi = float(x.min()), float(x.max())
-        if np.all(np.equal(np.mod(x, 1.0), 0.0)):
-            grid = np.arange(lo, hi + 1.0)
-        else:
-            grid = np.unique(x)
+        integral = bool(np.all(np.equal(np.mod(x, 1.0), 0.0)))
+        grid = np.arange(lo, hi + 1.0) if integral else np.unique(x)
         in_unit = True
     xs = np.sort(x)
     n_vox = xs.size
@@ -186,5 +180,3 @@ def intensity_volume_histogram(
         "CNV2": i10 - i90,
     }
     return out, in_unit
-
-

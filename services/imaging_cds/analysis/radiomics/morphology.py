@@ -77,7 +77,9 @@ def morphology(roi: ProcessedRoi) -> dict[str, float]:
 
 def _mesh(mask: BoolArray, spacing: FloatArray) -> tuple[FloatArray, np.ndarray]:
     padded = np.pad(mask, 1).astype(np.float64)
-    verts, faces, _, _ = marching_cubes(padded, level=0.5, spacing=tuple(spacing), method="lewiner")
+    verts, faces, _, _ = marching_cubes(  # type: ignore[no-untyped-call]
+        padded, level=0.5, spacing=tuple(spacing), method="lewiner"
+    )
     return np.asarray(verts, dtype=np.float64), np.asarray(faces)
 
 
@@ -95,10 +97,7 @@ def _ellipsoid_area(a: float, b: float, c: float) -> float:
         return math.nan
     alpha = math.sqrt(max(1.0 - b**2 / a**2, 0.0))
     beta = math.sqrt(max(1.0 - c**2 / a**2, 0.0))
-    if alpha * beta == 0:
-        x = 1.0
-    else:
-        x = (alpha**2 + beta**2) / (2.0 * alpha * beta)
+    x = 1.0 if alpha * beta == 0 else (alpha**2 + beta**2) / (2.0 * alpha * beta)
     total = 0.0
     for nu in range(21):
         total += (alpha * beta) ** nu / (1.0 - 4.0 * nu**2) * float(special.eval_legendre(nu, x))

@@ -22,11 +22,7 @@ IntArray = npt.NDArray[np.int64]
 
 # One of each pair of opposite neighbour directions (dz, dy, dx), Chebyshev distance 1.
 DIRECTIONS_3D: tuple[tuple[int, int, int], ...] = tuple(
-    (dz, dy, dx)
-    for dz in (-1, 0, 1)
-    for dy in (-1, 0, 1)
-    for dx in (-1, 0, 1)
-    if (dz, dy, dx) > (0, 0, 0)
+    (dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) > (0, 0, 0)
 )
 DIRECTIONS_2D: tuple[tuple[int, int, int], ...] = tuple(d for d in DIRECTIONS_3D if d[0] == 0)
 
@@ -64,13 +60,13 @@ class GreyImage:
         return self.levels > 0
 
 
-def neighbour_view(a: npt.NDArray[np.generic], d: tuple[int, int, int]) -> npt.NDArray[np.generic]:
+def neighbour_view(a: IntArray, d: tuple[int, int, int]) -> IntArray:
     """``a`` shifted so that element ``p`` of the result is ``a[p + d]``, over the padded array's interior."""
     z, y, x = a.shape
     return a[1 + d[0] : z - 1 + d[0], 1 + d[1] : y - 1 + d[1], 1 + d[2] : x - 1 + d[2]]
 
 
-def interior(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+def interior(a: IntArray) -> IntArray:
     return neighbour_view(a, (0, 0, 0))
 
 
@@ -144,7 +140,7 @@ def size_matrix_features(
     p = w / nsafe[b]
 
     def bsum(x: FloatArray) -> FloatArray:
-        return np.bincount(b, weights=x, minlength=nb)
+        return np.bincount(b, weights=x, minlength=nb).astype(np.float64)
 
     out: dict[str, FloatArray] = {
         "short": bsum(p / j**2),

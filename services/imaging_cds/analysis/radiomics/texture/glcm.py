@@ -103,9 +103,7 @@ def _features(counts: FloatArray, ng: int) -> dict[str, FloatArray]:
     joint_avg = (p * i).sum(axis=(1, 2))
     cl = i + j - mu_i[:, None, None] - mu_j[:, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = ((p * (i - mu_i[:, None, None]) * (j - mu_j[:, None, None])).sum(axis=(1, 2))) / np.sqrt(
-            var_i * var_j
-        )
+        corr = ((p * (i - mu_i[:, None, None]) * (j - mu_j[:, None, None])).sum(axis=(1, 2))) / np.sqrt(var_i * var_j)
         info1 = (hxy - hxy1) / hx
     inv_var_w = np.divide(1.0, diff**2, out=np.zeros_like(diff), where=diff > 0)
     return {

@@ -63,7 +63,7 @@ def glrlm_features(grey: GreyImage, dims: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for agg, batch_of, nb in directional_batches(dims, len(directions), n_slices):
         b = batch_of[src_b]
-        n_vox = np.bincount(b, weights=length.astype(np.float64), minlength=nb)
+        n_vox = np.bincount(b, weights=length.astype(np.float64), minlength=nb).astype(np.float64)
         feats, valid = size_matrix_features(b, grey_lv, length, np.ones(len(b)), nb, n_vox)
         out.update(keyed(_IDS, _NAMES, mean_over_batches(feats, valid), agg))
     return out

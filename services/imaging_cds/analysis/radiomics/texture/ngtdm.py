@@ -42,7 +42,7 @@ def ngtdm_features(grey: GreyImage, dims: str) -> dict[str, float]:
     batch = np.argwhere(ok)[:, 0] if dims == "2D" else np.zeros(len(levels), dtype=np.int64)
     nb = n_slices if dims == "2D" else 1
     cell = batch * ng + (levels - 1)
-    s = np.bincount(cell, weights=diff, minlength=nb * ng).reshape(nb, ng)
+    s = np.bincount(cell, weights=diff, minlength=nb * ng).reshape(nb, ng).astype(np.float64)
     n = np.bincount(cell, minlength=nb * ng).reshape(nb, ng).astype(np.float64)
     feats = _features(s, n)
     valid = n.sum(axis=1) > 0
@@ -73,6 +73,8 @@ def _features(s: FloatArray, n: FloatArray) -> dict[str, FloatArray]:
         busy = float(np.sum(np.abs((i * p)[:, None] - (i * p)[None, :])))
         out["busyness"][b] = ps / busy if busy > 0 else 0.0
         pss = p * si
-        out["complexity"][b] = float(np.sum(np.abs(dij) * (pss[:, None] + pss[None, :]) / (p[:, None] + p[None, :]))) / nvc
+        out["complexity"][b] = (
+            float(np.sum(np.abs(dij) * (pss[:, None] + pss[None, :]) / (p[:, None] + p[None, :]))) / nvc
+        )
         out["strength"][b] = float(np.sum((p[:, None] + p[None, :]) * dij**2)) / s_total if s_total > 0 else 0.0
     return out
