@@ -135,7 +135,13 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for("redis", lambda: redis.Redis.from_url(self.url).ping(), timeout_s=20, every_s=0.1)
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url).ping())
+            except redis.RedisError:
+                return False
+
+        wait_for("redis", answers, timeout_s=20, every_s=0.1)
 
     def stop(self) -> None:
         if self.proc is not None:

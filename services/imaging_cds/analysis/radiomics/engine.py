@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging_cds.analysis.radiomics import intensity, morphology
-from imaging_cds.analysis.radiomics.config import RadiomicsConfig
+from imaging_cds.analysis.radiomics.config import ConfigError, RadiomicsConfig
 from imaging_cds.analysis.radiomics.features import unit_for
 from imaging_cds.analysis.radiomics.processing import ProcessedRoi, discretise, process
 from imaging_cds.analysis.radiomics.texture.common import GreyImage
@@ -102,7 +102,7 @@ def _texture(
     grid = np.zeros(roi.image.shape, dtype=np.int64)
     grid[roi.intensity_mask] = levels
     if levels.min() < 1:
-        raise ValueError("grey levels must be >= 1; set a discretisation for images whose intensities are not")
+        raise ConfigError("texture needs grey levels >= 1: set a discretisation (bin size or number)")
     grey = GreyImage.from_levels(grid, roi.intensity_mask, roi.morph_mask)
     for dims in config.aggregations:
         zn = zones(grey, dims) if families & {"glszm", "gldzm"} else None

@@ -1,0 +1,476 @@
+"""The Helm chart (helm/imaging-cds): it renders, passes Helm's strict lint, validates against the Kubernetes
+schemas, and every pod in it meets the security and operations policy a hospital's review asks for.
+
+Rendering uses Helm v4's own engine (helm-python-sdk binds its Go SDK), so templates, values.schema.json and lint
+behave as ``helm install`` / ``helm lint --strict`` do. kubernetes-validate carries the Kubernetes JSON schemas in
+its wheel: nothing here needs a cluster or the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from imaging_cds.config import Settings
+from imaging_cds.jobs.queue import queue_from_settings
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "imaging-cds"
+PRODUCTION_VALUES = REPO / "helm" / "examples" / "values-production.yaml"
+KUBERNETES_VERSION = "1.30.0"
+RELEASE, NAMESPACE = "imaging-cds", "imaging-cds"
+# Kinds from operators the chart can use; kubernetes-validate has no schema for them (checked field by field below).
+CUSTOM_API_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+# The volume types the restricted Pod Security Standard allows.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"}
+RESTRICTED_VOLUME_TYPES |= {"projected", "secret"}
+
+Manifest = dict[str, Any]
+
+SCENARIOS: dict[str, dict[str, Any] | None] = {
+    "default": None,
+    "production": yaml.safe_load(PRODUCTION_VALUES.read_text()),
+    # The other branches: external Redis and Triton, models on a shared claim, KEDA against the in-chart Redis.
+    "external-services": {
+        "redis": {"enabled": False, "external": {"existingSecret": "redis-url"}},
+        "triton": {"enabled": False, "external": {"grpcUrl": "triton.ml.svc:8001"}},
+        "worker": {
+            "autoscaling": {
+                "keda": {
+                    "enabled": True,
+                    "redisAddress": "redis.db.svc:6379",
+                    "passwordSecret": {"name": "redis-auth", "key": "password"},
+                }
+            }
+        },
+        "networkPolicy": {"egress": {"redis": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}},
+    },
+    "shared-model-claim": {
+        "triton": {
+            "gpu": {"count": 0},
+            "modelRepository": {"source": "pvc", "pvc": {"claimName": "models", "sharedWithServices": True}},
+        },
+        "redis": {"auth": {"enabled": False}},
+        "worker": {"autoscaling": {"keda": {"enabled": True, "minReplicas": 0}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None) -> dict[str, str]:
+    return chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def manifests_of(rendered: dict[str, str]) -> list[Manifest]:
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith(".txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def rendered(chart: helm.Chart) -> dict[str, list[Manifest]]:
+    return {name: manifests_of(render(chart, values)) for name, values in SCENARIOS.items()}
+
+
+def find(docs: list[Manifest], kind: str, name_suffix: str = "") -> list[Manifest]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+
+
+def one(docs: list[Manifest], kind: str, name_suffix: str) -> Manifest:
+    found = find(docs, kind, name_suffix)
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def workloads(rendered: dict[str, list[Manifest]]) -> Iterator[tuple[str, Manifest]]:
+    for scenario, docs in rendered.items():
+        for doc in docs:
+            if doc["kind"] in WORKLOAD_KINDS:
+                yield f"{scenario}:{doc['kind']}/{doc['metadata']['name']}", doc
+
+
+def containers(pod: Manifest) -> list[Manifest]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def env_of(container: Manifest) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# -- renders, lints, validates ----------------------------------------------------------------------------------
+
+
+def test_default_values_deploy_every_component(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["default"]
+    for suffix in ("-gateway", "-worker", "-triton"):
+        one(docs, "Deployment", suffix)
+    one(docs, "StatefulSet", "-redis")
+    for suffix in ("-gateway", "-triton", "-redis"):
+        one(docs, "Service", suffix)
+    assert one(docs, "HorizontalPodAutoscaler", "-worker")["spec"]["scaleTargetRef"]["name"].endswith("-worker")
+    assert not find(docs, "ScaledObject") and not find(docs, "ServiceMonitor") and not find(docs, "Ingress")
+    assert len(find(docs, "PodDisruptionBudget")) == 4
+    assert len(find(docs, "NetworkPolicy")) == 4
+
+
+def test_production_values_use_keda_ingress_tls_and_a_service_monitor(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["production"]
+    assert not find(docs, "HorizontalPodAutoscaler"), "KEDA makes its own HPA; two would fight"
+    one(docs, "ScaledObject", "-worker")
+    one(docs, "ServiceMonitor", "-triton")
+    ingresses = find(docs, "Ingress")
+    assert {i["metadata"]["name"].rsplit("-", 1)[1] for i in ingresses} == {"http", "grpc"}
+    assert all(i["spec"]["tls"][0]["secretName"] for i in ingresses)
+    triton = one(docs, "Deployment", "-triton")["spec"]["template"]["spec"]
+    assert "--model-repository=s3://" in " ".join(triton["containers"][0]["args"])
+    assert triton["tolerations"] and triton["nodeSelector"]
+    assert "@sha256:" in one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_helm_lint_strict_passes(scenario: str) -> None:
+    report = helm.lint(CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version=KUBERNETES_VERSION)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error; 1 is info ("icon")
+    assert not problems and not report["errors"], problems or report["errors"]
+
+
+def test_helm_lint_strict_reports_values_the_schema_refuses() -> None:
+    report = helm.lint(CHART, {"reports": {"status": "draft"}}, strict=True)
+    assert any("/reports/status" in e for e in report["errors"])
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas(rendered: dict[str, list[Manifest]]) -> None:
+    checked = 0
+    for scenario, docs in rendered.items():
+        for doc in docs:
+            if doc["apiVersion"].startswith(CUSTOM_API_GROUPS):
+                continue
+            try:
+                kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                pytest.fail(f"{scenario}: {doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
+            checked += 1
+    assert checked > 60
+
+
+def test_the_schema_validator_rejects_a_wrong_manifest(rendered: dict[str, list[Manifest]]) -> None:
+    """The check above is not vacuous: an unknown field and a wrong type are caught offline."""
+    gateway = one(rendered["default"], "Deployment", "-gateway")
+    misspelt = yaml.safe_load(yaml.safe_dump(gateway))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"grpc": {"port": 50051}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, KUBERNETES_VERSION, strict=True)
+    wrong_type = yaml.safe_load(yaml.safe_dump(gateway))
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong_type, KUBERNETES_VERSION, strict=True)
+
+
+# -- values.schema.json refuses wrong values at install time ----------------------------------------------------
+
+BAD_VALUES = {
+    "report status": ({"reports": {"status": "draft"}}, "/reports/status"),
+    "misspelt key": ({"gatway": {"replicas": 3}}, "gatway"),
+    "latest tag": ({"triton": {"image": {"tag": "latest"}}}, "/triton/image/tag"),
+    "digest": ({"image": {"digest": "sha256:abc"}}, "/image/digest"),
+    "no limits": ({"worker": {"resources": {"limits": None}}}, "/worker/resources"),
+    "no memory limit": ({"gateway": {"resources": {"limits": {"memory": None}}}}, "/gateway/resources/limits"),
+    "FHIR URL": ({"fhir": {"url": "fhir-server:8080"}}, "/fhir/url"),
+    "port": ({"gateway": {"grpcPort": 70000}}, "/gateway/grpcPort"),
+    "claim": ({"triton": {"modelRepository": {"source": "pvc"}}}, "/triton/modelRepository/pvc/claimName"),
+    "bucket": ({"triton": {"modelRepository": {"source": "objectStorage"}}}, "objectStorage/url"),
+    "backport topic": ({"intake": {"subscriptionMode": "backport"}}, "/intake/subscriptionTopic"),
+    "external Redis": ({"redis": {"enabled": False}}, "/redis/external"),
+    "external Triton": ({"triton": {"enabled": False}}, "/triton/external/grpcUrl"),
+    "peer": ({"networkPolicy": {"gateway": {"httpFrom": ["10.0.0.0/8"]}}}, "/networkPolicy/gateway/httpFrom/0"),
+}
+
+
+@pytest.mark.parametrize("values,where", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_values_schema_refuses_wrong_values(chart: helm.Chart, values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
+        render(chart, values)
+
+
+def test_templates_refuse_an_image_without_a_pinned_tag(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmRenderError, match="pinned tag or a digest"):
+        render(chart, {"redis": {"image": {"tag": ""}}})
+
+
+# -- security policy: every container of every workload, in every scenario ---------------------------------------
+
+
+def test_every_container_runs_as_non_root_on_a_read_only_root_with_no_capabilities(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    for where, workload in workloads(rendered):
+        pod = workload["spec"]["template"]["spec"]
+        pod_sc = pod.get("securityContext", {})
+        for c in containers(pod):
+            sc = {**pod_sc, **c.get("securityContext", {})}
+            name = f"{where} container {c['name']}"
+            assert sc.get("runAsNonRoot") is True, name
+            assert sc.get("runAsUser", 0) > 0, name
+            assert sc.get("readOnlyRootFilesystem") is True, name
+            assert sc.get("allowPrivilegeEscalation") is False, name
+            assert sc.get("privileged", False) is False, name
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], name
+            assert not sc.get("capabilities", {}).get("add"), name
+            assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered: dict[str, list[Manifest]]) -> None:
+    for where, workload in workloads(rendered):
+        pod = workload["spec"]["template"]["spec"]
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not pod.get(host), f"{where}: {host}"
+        for volume in pod.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            assert kinds <= RESTRICTED_VOLUME_TYPES, f"{where}: volume {volume['name']} is {kinds}"
+        for c in containers(pod):
+            assert not any("hostPort" in p for p in c.get("ports", [])), f"{where}: {c['name']} uses a hostPort"
+        assert pod.get("automountServiceAccountToken") is False, f"{where}: mounts a service-account token"
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits(rendered: dict[str, list[Manifest]]) -> None:
+    for where, workload in workloads(rendered):
+        for c in containers(workload["spec"]["template"]["spec"]):
+            resources = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    assert resources.get(kind, {}).get(resource), f"{where} {c['name']}: no {resource} {kind}"
+
+
+def test_every_image_is_pinned_by_tag_or_digest_and_never_latest(rendered: dict[str, list[Manifest]]) -> None:
+    pinned = re.compile(r"^[^\s@]+(@sha256:[0-9a-f]{64}|:(?!latest$)[\w][\w.-]{0,127})$")
+    for where, workload in workloads(rendered):
+        for c in containers(workload["spec"]["template"]["spec"]):
+            image = c["image"]
+            last = image.rsplit("/", 1)[-1]
+            assert ":" in last or "@" in last, f"{where} {c['name']}: {image} has no tag"
+            assert pinned.match(image), f"{where} {c['name']}: {image} is not pinned"
+
+
+def test_every_container_with_a_port_has_liveness_and_readiness_probes(rendered: dict[str, list[Manifest]]) -> None:
+    unprobed = set()
+    for where, workload in workloads(rendered):
+        for c in workload["spec"]["template"]["spec"]["containers"]:
+            if c.get("ports"):
+                assert c.get("livenessProbe") and c.get("readinessProbe"), f"{where} {c['name']}: probes missing"
+                named = {p["name"]: p["containerPort"] for p in c["ports"]}
+                for probe in (c["livenessProbe"], c["readinessProbe"], c.get("startupProbe", {})):
+                    action = probe.get("httpGet") or probe.get("tcpSocket") or probe.get("grpc") or {}
+                    port = action.get("port")
+                    assert port is None or port in named or port in named.values(), f"{where}: probe port {port}"
+            else:
+                unprobed.add(c["name"])
+    # The worker serves nothing and no probe can see its job loop; values.yaml and the README say so.
+    assert unprobed == {"worker"}
+
+
+def test_gateway_probes_are_http_liveness_and_grpc_health_readiness(rendered: dict[str, list[Manifest]]) -> None:
+    gateway = one(rendered["default"], "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["startupProbe"]["httpGet"]["path"] == "/healthz"
+    grpc_port = next(p["containerPort"] for p in gateway["ports"] if p["name"] == "grpc")
+    assert gateway["readinessProbe"]["grpc"]["port"] == grpc_port
+    triton = one(rendered["default"], "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def test_every_workload_has_a_pod_disruption_budget(rendered: dict[str, list[Manifest]]) -> None:
+    for scenario, docs in rendered.items():
+        budgets = find(docs, "PodDisruptionBudget")
+        for doc in docs:
+            if doc["kind"] not in WORKLOAD_KINDS:
+                continue
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            matching = [b for b in budgets if selects(b["spec"]["selector"]["matchLabels"], labels)]
+            assert len(matching) == 1, f"{scenario}: {doc['metadata']['name']} has {len(matching)} budgets"
+
+
+def test_every_pod_has_a_network_policy_for_both_directions(rendered: dict[str, list[Manifest]]) -> None:
+    for scenario, docs in rendered.items():
+        policies = find(docs, "NetworkPolicy")
+        for doc in docs:
+            if doc["kind"] not in WORKLOAD_KINDS:
+                continue
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            matching = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+            assert len(matching) == 1, f"{scenario}: {doc['metadata']['name']}"
+            assert set(matching[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def _peer_components(rule: Manifest, direction: str) -> set[str]:
+    return {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule.get(direction, [])}
+
+
+def _ports(rule: Manifest) -> set[int]:
+    return {p["port"] for p in rule["ports"]}
+
+
+def test_network_policies_allow_only_the_designed_traffic(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["default"]
+    policy = {c: one(docs, "NetworkPolicy", f"-{c}")["spec"] for c in ("gateway", "worker", "triton", "redis")}
+    assert "ingress" not in policy["worker"], "nothing calls a worker"
+    assert "egress" not in policy["redis"] and "egress" not in policy["triton"], "Redis and Triton call no one"
+    (redis_in,) = policy["redis"]["ingress"]
+    assert _ports(redis_in) == {6379} and _peer_components(redis_in, "from") == {"gateway", "worker"}
+    (triton_in,) = policy["triton"]["ingress"]
+    assert _ports(triton_in) == {8001} and _peer_components(triton_in, "from") == {"worker"}
+    assert {p for rule in policy["gateway"]["ingress"] for p in _ports(rule)} == {8090, 50051}
+    worker_out = {p for rule in policy["worker"]["egress"] for p in _ports(rule)}
+    assert worker_out == {53, 6379, 8001, 8080, 8042}  # DNS, Redis, Triton, and the FHIR and PACS URLs' ports
+    gateway_out = {p for rule in policy["gateway"]["egress"] for p in _ports(rule)}
+    assert gateway_out == {53, 6379, 8080}
+    # Production names every outside peer, so no egress rule there is open to any address.
+    production = find(rendered["production"], "NetworkPolicy")
+    for p in production:
+        for rule in p["spec"].get("egress", []):
+            assert rule.get("to"), f"{p['metadata']['name']}: egress to any address on {_ports(rule)}"
+
+
+# -- the chart configures the services the way their code reads it ----------------------------------------------
+
+
+def _settings_from(container: Manifest) -> Settings:
+    """The Settings a container would build: secrets stand in as placeholders, $(VAR) references expanded."""
+    env: dict[str, str] = {}
+    for name, value in env_of(container).items():
+        text = value if isinstance(value, str) else f"secret-{name.lower()}"
+        env[name] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], text)
+    unknown = {n for n in env if n.startswith("IMAGING_CDS_")} - {
+        f"IMAGING_CDS_{f.upper()}" for f in Settings.__dataclass_fields__
+    }
+    assert not unknown, f"{container['name']}: variables no setting reads: {unknown}"
+    return Settings.from_env(env)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_gateway_and_worker_settings_point_at_the_chart_services(
+    rendered: dict[str, list[Manifest]], scenario: str
+) -> None:
+    docs = rendered[scenario]
+    gateway = one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    worker = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["args"] == ["gateway"] and worker["args"][0] == "worker"
+    g, w = _settings_from(gateway), _settings_from(worker)
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert (g.http_host, g.grpc_host) == ("0.0.0.0", "0.0.0.0")
+    assert (g.http_port, g.grpc_port) == (ports["http"], ports["grpc"])
+    assert g.redis_url == w.redis_url and g.queue_prefix == w.queue_prefix
+    redis = find(docs, "Service", "-redis")
+    if redis:
+        assert re.fullmatch(rf"redis://(:[^@]+@)?{redis[0]['metadata']['name']}:6379/0", w.redis_url), w.redis_url
+    triton = find(docs, "Service", "-triton")
+    if triton:
+        grpc = next(p["port"] for p in triton[0]["spec"]["ports"] if p["name"] == "grpc")
+        assert w.triton_grpc_url == f"{triton[0]['metadata']['name']}:{grpc}"
+    assert str(w.model_repository) in {"/app/triton_repo", "/models"}
+    mounted = {m["mountPath"] for m in worker["volumeMounts"]}
+    assert str(w.model_repository) == "/app/triton_repo" or "/models" in mounted
+
+
+def test_webhook_secret_and_pacs_credentials_come_from_secrets(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["production"]
+    gateway = env_of(one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0])
+    worker = env_of(one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0])
+    assert gateway["IMAGING_CDS_WEBHOOK_SECRET"]["secretKeyRef"]["name"] == "imaging-cds-webhook"
+    assert worker["IMAGING_CDS_DICOMWEB_PASSWORD"]["secretKeyRef"]["name"] == "imaging-cds-pacs"
+    assert "IMAGING_CDS_WEBHOOK_SECRET" not in worker and "IMAGING_CDS_DICOMWEB_PASSWORD" not in gateway
+    assert not find(docs, "Secret"), "production names existing Secrets; the chart makes none"
+    generated = {s["metadata"]["name"] for s in find(rendered["default"], "Secret")}
+    assert generated == {f"{RELEASE}-webhook", f"{RELEASE}-redis-auth"}
+
+
+@pytest.mark.parametrize("scenario", ["production", "external-services", "shared-model-claim"])
+def test_keda_scales_workers_on_every_stream_they_read(rendered: dict[str, list[Manifest]], scenario: str) -> None:
+    docs = rendered[scenario]
+    scaled = one(docs, "ScaledObject", "-worker")
+    worker = one(docs, "Deployment", "-worker")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    settings = _settings_from(worker["spec"]["template"]["spec"]["containers"][0])
+    queue = queue_from_settings(settings)  # builds names only; connects to nothing
+    triggers = scaled["spec"]["triggers"]
+    assert {t["metadata"]["stream"] for t in triggers} == set(queue.streams.values())
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        meta = trigger["metadata"]
+        assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata is a map of strings"
+        assert meta["consumerGroup"] == settings.consumer_group
+        assert int(meta["lagCount"]) >= 1 and re.fullmatch(r"[^\s:/]+:\d+", meta["address"])
+        if "passwordFromEnv" in meta:
+            assert meta["passwordFromEnv"] in env_of(worker["spec"]["template"]["spec"]["containers"][0])
+        if "authenticationRef" in trigger:
+            one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+
+
+def test_service_monitor_scrapes_tritons_metrics_port(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["production"]
+    monitor = one(docs, "ServiceMonitor", "-triton")
+    service = one(docs, "Service", "-triton")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= port_names == {"http", "grpc", "metrics"}
+
+
+def test_services_select_their_pods_and_named_ports(rendered: dict[str, list[Manifest]]) -> None:
+    for scenario, docs in rendered.items():
+        pods = [d["spec"]["template"] for d in docs if d["kind"] in WORKLOAD_KINDS]
+        for service in find(docs, "Service"):
+            targets = [p for p in pods if selects(service["spec"]["selector"], p["metadata"]["labels"])]
+            assert targets, f"{scenario}: Service {service['metadata']['name']} selects no pod"
+            names = {p["name"] for t in targets for c in t["spec"]["containers"] for p in c.get("ports", [])}
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in names, f"{scenario}: {service['metadata']['name']} {port['targetPort']}"
+
+
+def test_notes_tell_the_operator_what_to_check_next(chart: helm.Chart) -> None:
+    notes = next(text for path, text in render(chart, None).items() if path.endswith("NOTES.txt"))
+    for check in ("rollout status", "/readyz", "grpc.health.v1.Health/Check", "/v2/models/lung-density/ready"):
+        assert check in notes
+    assert "still name the chart's in-namespace stand-ins" in notes
+    production = next(
+        text for path, text in render(chart, SCENARIOS["production"]).items() if path.endswith("NOTES.txt")
+    )
+    assert "Check:" not in production, production
+
+
+# -- the image the chart runs -----------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_pinned_non_root_image_the_chart_matches(rendered: dict[str, list[Manifest]]) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base.group(1))
+    assert len(re.findall(r"^FROM \$\{PYTHON_IMAGE\} AS \w+$", dockerfile, re.M)) == 2, "multi-stage"
+    uid = re.search(r"^ARG UID=(\d+)$", dockerfile, re.M)
+    assert uid and int(uid.group(1)) >= 10000
+    assert re.search(r"^USER \$\{UID\}:\$\{UID\}$", dockerfile, re.M)
+    assert "IMAGING_CDS_MODEL_REPOSITORY=/app/triton_repo" in dockerfile
+    gateway = one(rendered["default"], "Deployment", "-gateway")["spec"]["template"]["spec"]
+    assert gateway["securityContext"]["runAsUser"] == int(uid.group(1))
+    allowed = (REPO / ".dockerignore").read_text().split()
+    assert {"!services/", "!triton_repo/", "!pyproject.toml", "!README.md"} <= set(allowed)

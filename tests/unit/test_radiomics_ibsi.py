@@ -1,0 +1,233 @@
+"""The radiomics engine against every IBSI 1 reference value in ``shared/ibsi``.
+
+Digital phantom (NIfTI) and the CT phantom in configurations A and C, read from its DICOM series and RTSTRUCT as a
+user would give them to ``imaging-cds radiomics``. Tolerances are the manual's; where it gives none, the value must
+agree to the printed precision (three significant digits).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging_cds.analysis.radiomics import (
+    FEATURES,
+    IBSI_CONFIGURATIONS,
+    RadiomicsResult,
+    compute_features,
+    config_from_mapping,
+    extract,
+)
+from imaging_cds.analysis.radiomics.io import ImageVolume, load_image, load_mask
+from imaging_cds.analysis.radiomics.morphology import _spatial_autocorrelation
+from imaging_cds.analysis.radiomics.reference import ReferenceValue, load_reference_values
+from imaging_cds.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+IBSI = Path(os.environ.get("IMAGING_CDS_IBSI_DATA", REPO.parent / "shared" / "ibsi"))
+DIGITAL = IBSI / "digital_phantom"
+CT = IBSI / "ct_phantom"
+needs_data = pytest.mark.skipif(not (DIGITAL.is_dir() and CT.is_dir()), reason=f"IBSI reference data not at {IBSI}")
+
+
+def _references() -> list[ReferenceValue]:
+    if not (DIGITAL.is_dir() and CT.is_dir()):
+        return []
+    return load_reference_values(DIGITAL / "reference_values.csv") + load_reference_values(
+        CT / "reference_values_A_C.csv"
+    )
+
+
+REFERENCES = _references()
+DATA_CONFIG = {"dig. phantom": "digital_phantom", "config. A": "A", "config. C": "C"}
+
+
+@dataclass(frozen=True)
+class Region:
+    image: ImageVolume
+    mask: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def digital_phantom() -> Region:
+    image = load_image(DIGITAL / "image.nii.gz")
+    return Region(image, load_mask(DIGITAL / "mask.nii.gz", image))
+
+
+@pytest.fixture(scope="module")
+def ct_phantom() -> Region:
+    image = load_image(CT / "dicom" / "image")
+    return Region(image, load_mask(CT / "dicom" / "rtstruct", image, roi="GTV-1"))
+
+
+@pytest.fixture(scope="module")
+def results(digital_phantom: Region, ct_phantom: Region) -> dict[str, RadiomicsResult]:
+    out = {}
+    for data, name in DATA_CONFIG.items():
+        region = digital_phantom if data == "dig. phantom" else ct_phantom
+        config = IBSI_CONFIGURATIONS[name].with_changes(intensity_unit=region.image.intensity_unit)
+        out[data] = extract(region.image.array, region.mask, region.image.spacing_mm, config)
+    return out
+
+
+@needs_data
+@pytest.mark.parametrize("ref", REFERENCES, ids=[f"{r.data}-{r.key}-{r.feature}".replace(" ", "_") for r in REFERENCES])
+def test_feature_matches_ibsi_reference(ref: ReferenceValue, results: dict[str, RadiomicsResult]) -> None:
+    value = results[ref.data].values[ref.key]
+    assert ref.matched_by(value), (
+        f"{ref.data} {ref.feature} ({ref.key}): computed {value:.6g}, reference {ref.value:g} +- {ref.allowed:g}"
+    )
+
+
+@needs_data
+def test_every_reference_data_set_is_covered() -> None:
+    counts = {d: sum(r.data == d for r in REFERENCES) for d in DATA_CONFIG}
+    assert counts == {"dig. phantom": 482, "config. A": 346, "config. C": 209}
+
+
+@needs_data
+def test_rtstruct_rasterises_to_the_reference_nifti_mask(ct_phantom: Region) -> None:
+    nifti = load_image(CT / "nifti" / "image.nii.gz")
+    reference = load_mask(CT / "nifti" / "mask.nii.gz", nifti)
+    np.testing.assert_array_equal(nifti.array, ct_phantom.image.array)
+    assert int((reference != ct_phantom.mask).sum()) == 0
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["B", "D", "E"])
+def test_other_ibsi_configurations_give_every_feature(name: str, ct_phantom: Region) -> None:
+    """The manual's configurations B, D and E (no reference values in shared/ibsi) run and give finite values."""
+    config = IBSI_CONFIGURATIONS[name]
+    result = extract(ct_phantom.image.array, ct_phantom.mask, ct_phantom.image.spacing_mm, config)
+    expected = {k for k, f in FEATURES.items() if f.aggregation is None or f.aggregation.dims in config.aggregations}
+    assert set(result.values) == expected
+    assert all(math.isfinite(v) for v in result.values.values())
+    # Volume does not depend on the intensity processing; in-plane 2 mm (B) or 2 mm isotropic (D, E) resampling.
+    assert result.values["RNU0"] == pytest.approx(367000, rel=0.03)
+
+
+@needs_data
+def test_compute_features_gives_ucum_units(digital_phantom: Region) -> None:
+    config = IBSI_CONFIGURATIONS["C"].with_changes(
+        spacing_mm=None,
+        resegmentation_range=None,
+        texture_discretisation=IBSI_CONFIGURATIONS["A"].texture_discretisation,
+    )
+    out = compute_features(digital_phantom.image.array, digital_phantom.mask, digital_phantom.image.spacing_mm, config)
+    assert out["RNU0"][1] == "mm3"
+    assert out["C0JK"][1] == "mm2"
+    assert out["2PR5"][1] == "/mm"
+    assert out["Q4LE"][1] == "[hnsf'U]"
+    assert out["ECT3"][1] == "[hnsf'U]2"
+    assert out["99N0"][1] == "[hnsf'U].mm3"
+    assert out["GYBY.ITBB"][1] == "1"
+    assert out["GBPN.I10"][1] == "[hnsf'U]"
+
+
+def test_moran_and_geary_equal_the_pairwise_sums() -> None:
+    rng = np.random.default_rng(7)
+    image = rng.normal(size=(5, 6, 7))
+    mask = rng.random((5, 6, 7)) > 0.4
+    spacing = (3.0, 0.8, 0.8)
+    moran, geary = _spatial_autocorrelation(image, mask, spacing)
+    pos = np.argwhere(mask) * np.asarray(spacing)
+    x = image[mask]
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    w = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    z = x - x.mean()
+    n = len(x)
+    expected_i = n / w.sum() * (w * np.outer(z, z)).sum() / (z**2).sum()
+    expected_c = (n - 1) / (2 * w.sum()) * (w * (x[:, None] - x[None, :]) ** 2).sum() / (z**2).sum()
+    assert moran == pytest.approx(expected_i, rel=1e-9)
+    assert geary == pytest.approx(expected_c, rel=1e-9)
+
+
+def test_manifest_section_selects_families_and_processing() -> None:
+    config = config_from_mapping(
+        {
+            "preset": "C",
+            "families": ["morphology", "glcm"],
+            "aggregations": ["2.5D"],
+            "spacing_mm": [None, 1.5, 1.5],
+            "resegmentation_range": [-1000, None],
+            "texture_discretisation": {"bin_number": 16},
+        }
+    )
+    assert config.families == ("morphology", "glcm")
+    assert config.aggregations == ("2.5D",)
+    assert config.spacing_mm == (None, 1.5, 1.5)
+    assert config.resegmentation_range == (-1000.0, None)
+    assert config.texture_discretisation.describe() == "fixed bin number 16"
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = main(["radiomics", *argv])
+    return code, buf.getvalue()
+
+
+@needs_data
+def test_cli_prints_features_keyed_by_ibsi_identifier() -> None:
+    code, out = _cli(
+        str(DIGITAL / "image.nii.gz"), str(DIGITAL / "mask.nii.gz"), "--preset", "digital_phantom", "--json"
+    )
+    assert code == 0
+    features = json.loads(out)["features"]
+    assert features["GYBY.ITBB"]["value"] == pytest.approx(0.503, abs=5e-4)
+    assert features["GYBY.ITBB"]["aggregation"] == "ITBB"
+    assert features["RNU0"]["unit"] == "mm3"
+
+
+@needs_data
+def test_cli_sets_processing_from_options() -> None:
+    code, out = _cli(
+        str(CT / "dicom" / "image"),
+        str(CT / "dicom" / "rtstruct"),
+        "--roi",
+        "GTV-1",
+        "--spacing",
+        "2,2,2",
+        "--rounding",
+        "1",
+        "--resegment=-1000,400",
+        "--bin-size",
+        "25",
+        "--ivh-bin-size",
+        "2.5",
+        "--aggregation",
+        "3D",
+        "--families",
+        "statistics",
+        "histogram",
+        "ivh",
+        "--json",
+    )
+    assert code == 0
+    features = json.loads(out)["features"]
+    assert features["Q4LE"]["value"] == pytest.approx(-49.0, abs=2.9)
+    assert features["Q4LE"]["unit"] == "[hnsf'U]"
+    assert features["GBPN.I10"]["value"] == pytest.approx(88.8, abs=0.2)
+    assert "GYBY.ITBB" not in features
+
+
+@needs_data
+def test_cli_reports_a_region_emptied_by_resegmentation_as_not_analysable(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["radiomics", str(DIGITAL / "image.nii.gz"), str(DIGITAL / "mask.nii.gz"), "--resegment", "100,200"])
+    assert code == 2
+    assert "no ROI voxel is left after re-segmentation" in capsys.readouterr().err
+
+
+@needs_data
+def test_cli_names_the_missing_structure(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["radiomics", str(CT / "dicom" / "image"), str(CT / "dicom" / "rtstruct"), "--roi", "GTV-2"])
+    assert code == 2
+    assert "no structure named 'GTV-2'" in capsys.readouterr().err
