@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# This file is bench/radiomics.py: keep its folder off the path so that ``import radiomics`` finds pyradiomics.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO / "services"))
 
 from imaging_cds.analysis.radiomics import IBSI_CONFIGURATIONS, extract  # noqa: E402
@@ -130,7 +132,10 @@ def _load_peers(venv: Path) -> dict[str, Any]:
     try:
         import mirp  # type: ignore[import-not-found]  # noqa: F401
 
-        out["mirp"] = "importable, not run: its numpy entry assumes 1 mm spacing; see the issue's measurements"
+        out["mirp"] = (
+            "importable, not run by this bench: its results need a name-to-IBSI mapping like pyradiomics' below, "
+            "and its numpy entry assumes 1 mm spacing"
+        )
     except Exception as err:
         out["mirp"] = f"unavailable: {type(err).__name__}: {err}"
     out["pictologics"] = f"unavailable: needs Python >= 3.12, this is {sys.version_info.major}.{sys.version_info.minor}"
@@ -211,6 +216,7 @@ def _run_pyradiomics(
             it.SetSpacing(tuple(float(s) for s in reversed(image.spacing_mm)))
         extractor = featureextractor.RadiomicsFeatureExtractor(**_pyradiomics_settings(name))
         extractor.enableAllFeatures()
+        extractor.enabledFeatures.pop("shape2D", None)  # 2D shape needs a single-slice mask
         result: dict[str, Any] = {}
 
         def run() -> None:

@@ -135,6 +135,7 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
         def answers() -> bool:
             try:
                 return bool(redis.Redis.from_url(self.url).ping())

@@ -467,5 +467,3 @@ def _backport_bundle(sub_id: str, kind: str, events_since: int) -> dict[str, Any
             }
         ],
     }
-
-

@@ -182,8 +182,8 @@ seccompProfile:
 - name: IMAGING_CDS_VISIBILITY_TIMEOUT_S
   value: {{ .Values.queue.visibilityTimeoutSeconds | toString | quote }}
 - name: IMAGING_CDS_MAX_ATTEMPTS
-  value: {{ .Values.queue.maxAttempts | toString | quote }}
-# Python writes nothing under the read-only root filesystem: caches and temporary files go to /tmp (an emptyDir).
+  value: {{ .Values.queue.maxAttempts | int | quote }}
+# The root filesystem is read-only: caches and temporary files go to /tmp (an emptyDir).
 - name: HOME
   value: /tmp
 - name: TMPDIR

@@ -29,13 +29,14 @@ from imaging_cds.intake.backport import BackportNotification, parse_backport
 from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.rest_hook import parse_notification
 from imaging_cds.jobs.model import StudyRef
-from imaging_cds.jobs.queue import JobQueue
+from imaging_cds.jobs.queue import BatchingSubmitter, JobQueue
 
 log = logging.getLogger("imaging_cds.gateway")
 
 
 def create_app(
     queue: JobQueue,
+    submitter: BatchingSubmitter,
     webhook_secret: str = "",
     max_body_bytes: int = 1_000_000,
     events: EventCounter | None = None,
@@ -55,16 +56,16 @@ def create_app(
                 wake_reconciler()  # a payload-less rest-hook: something changed, go and look
                 return JSONResponse({"action": "poll"}, status_code=202)
             if path_id is None and body.lstrip().startswith(b"{") and b'"history"' in body:
-                return _backport(parse_backport(body))
+                return await _backport(parse_backport(body))
             study = parse_notification(path_id, body, request.headers.get("content-type", ""))
         except InvalidNotificationError as err:
             log.info("rejected notification: %s", err)
             return _outcome(400, "invalid", str(err))
         if study is None:
             return _outcome(200, "informational", "ImagingStudy status is not analysable; ignored", "information")
-        return _queue([study])
+        return await _queue([study])
 
-    def _backport(note: BackportNotification) -> JSONResponse:
+    async def _backport(note: BackportNotification) -> JSONResponse:
         first = min(note.event_numbers) if note.event_numbers else None
         if (
             events is not None
@@ -77,21 +78,17 @@ def create_app(
             wake_reconciler()  # empty payload: the events name no resource, so query for them
         if note.type != "event-notification" or not note.studies:
             return JSONResponse({"type": note.type, "queued": []}, status_code=200)
-        return _queue(list(note.studies))
+        return await _queue(list(note.studies))
 
-    def _queue(studies: list[StudyRef]) -> JSONResponse:
+    async def _queue(studies: list[StudyRef]) -> JSONResponse:
         try:
-            results = [queue.submit(s) for s in studies]
+            results = [await submitter.submit(s) for s in studies]
         except redis.RedisError:
             log.warning("queue unavailable; notification refused with 503")
             return _outcome(503, "transient", "job queue unavailable; retry later")
         for study, r in zip(studies, results, strict=True):
-            log.info(
-                "ImagingStudy/%s: job %s %s",
-                study.imaging_study_id,
-                r.job_id,
-                "queued" if r.created else "already queued",
-            )
+            if r.created:  # duplicates are the common case under retrying EHRs: not logged one by one
+                log.info("ImagingStudy/%s: job %s queued", study.imaging_study_id, r.job_id)
         body: dict[str, Any] = {"jobs": [{"job_id": r.job_id, "duplicate": not r.created} for r in results]}
         if len(results) == 1:
             body.update(body["jobs"][0])

@@ -15,7 +15,7 @@ from imaging_cds.gateway.http_app import create_app
 from imaging_cds.inference.manifest import load_manifests
 from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.reconciler import Reconciler
-from imaging_cds.jobs.queue import queue_from_settings
+from imaging_cds.jobs.queue import BatchingSubmitter, queue_from_settings
 
 log = logging.getLogger("imaging_cds.gateway")
 
@@ -52,6 +52,7 @@ def run_gateway(settings: Settings) -> None:
     )
     app = create_app(
         queue,
+        BatchingSubmitter(queue, settings.redis_url),
         settings.webhook_secret,
         settings.max_body_bytes,
         EventCounter(queue.redis, settings.queue_prefix),
