@@ -58,7 +58,10 @@ def imaging_cds_process(command: str, env: dict[str, str], log_path: Path) -> It
 
 
 def store_folder(pacs: PacsClient, folder: Path, batch: int = 40) -> int:
-    files = sorted(p for p in folder.rglob("*.dcm"))
+    return store_files(pacs, sorted(p for p in folder.rglob("*.dcm")), batch)
+
+
+def store_files(pacs: PacsClient, files: list[Path], batch: int = 40) -> int:
     for i in range(0, len(files), batch):
         pacs.store(pydicom.dcmread(p) for p in files[i : i + batch])
     return len(files)

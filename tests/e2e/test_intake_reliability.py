@@ -34,6 +34,7 @@ from tests.services import (
     create_study_in_ehr,
     free_port,
     imaging_cds_process,
+    store_files,
     store_folder,
     wait_for,
 )
@@ -101,9 +102,9 @@ def make_env(sandbox: dict[str, str], **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def studies(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> list[SampleStudy]:
-    """Five small chest CTs (110 slices), stored in Orthanc."""
+    """Twelve small chest CTs (100 slices), stored in Orthanc; each test uses its own (results are per DICOM study)."""
     folder = tmp_path_factory.mktemp("reliability")
-    found = [write_sample_study(folder / str(seed), seed=seed, n_slices=110) for seed in range(20, 25)]
+    found = [write_sample_study(folder / str(seed), seed=seed, n_slices=100) for seed in range(20, 32)]
     settings = Settings.from_env(sandbox)
     with PacsClient(settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password) as pacs:
         for s in found:
@@ -152,7 +153,7 @@ def test_twenty_worker_kills_lose_no_job_and_duplicate_no_report(
     try:
         queue = queue_from_settings(services.settings)
         wait_for("Subscription active", lambda: _active_subscription(fhir, services.webhook))
-        announced = [announce(fhir, s, services.settings.dicomweb_url) for s in studies]
+        announced = [announce(fhir, s, services.settings.dicomweb_url) for s in studies[:5]]
         ids = job_ids_for(queue, announced)
         for _ in range(20):  # SIGKILL a random worker at a random point, start a replacement
             time.sleep(rng.uniform(0.3, 1.5))
@@ -160,7 +161,7 @@ def test_twenty_worker_kills_lose_no_job_and_duplicate_no_report(
         jobs = wait_all_terminal(queue, ids, timeout_s=240)
     finally:
         services.close()
-    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * len(studies), [j.outcome for j in jobs]
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * len(announced), [j.outcome for j in jobs]
     assert sum(j.deliveries for j in jobs) > len(jobs), "no job was ever interrupted: the test proved nothing"
     for study in announced:
         assert len(reports_for(fhir, study)) == 1
@@ -181,7 +182,7 @@ def test_a_redis_restart_mid_run_loses_no_job(
     services = Services(env, tmp_path).start(workers=1)
     try:
         stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"127.0.0.1:{services.settings.grpc_port}"))
-        fresh = [announce(fhir, s, services.settings.dicomweb_url) for s in studies[:3]]
+        fresh = [announce(fhir, s, services.settings.dicomweb_url) for s in studies[5:8]]
         ids = [stub.Submit(_submit(s["id"]), timeout=10).job_id for s in fresh]
         time.sleep(1.0)  # the first job is under way
         own_redis.stop()
@@ -203,7 +204,7 @@ def test_nineteen_duplicate_notifications_make_one_job_and_one_report(
     env = make_env(sandbox, IMAGING_CDS_REGISTER_SUBSCRIPTION="false", IMAGING_CDS_POLL_INTERVAL_S="3600")
     services = Services(env, tmp_path).start(workers=1)
     try:
-        study = announce(fhir, studies[3], services.settings.dicomweb_url)
+        study = announce(fhir, studies[8], services.settings.dicomweb_url)
         resource = fhir.read(f"ImagingStudy/{study['id']}")
 
         def deliver(_: int) -> str:
@@ -230,6 +231,36 @@ def test_nineteen_duplicate_notifications_make_one_job_and_one_report(
     assert len(reports_for(fhir, study)) == 1
 
 
+def test_a_study_is_analysed_only_once_all_its_images_are_in_the_pacs(
+    sandbox: dict[str, str], fhir: FhirClient, tmp_path: Path
+) -> None:
+    sample = write_sample_study(tmp_path / "late", seed=30, n_slices=110)
+    files = sorted(sample.study_dir.rglob("*.dcm"))
+    env = make_env(sandbox, IMAGING_CDS_REGISTER_SUBSCRIPTION="false", IMAGING_CDS_QUEUE_PREFIX="late")
+    services = Services(env, tmp_path).start(workers=1)
+    s = services.settings
+    try:
+        with PacsClient(s.dicomweb_url, s.dicomweb_username, s.dicomweb_password) as pacs:
+            store_files(pacs, files[:60])  # the modality is still sending
+            study = announce(fhir, sample, s.dicomweb_url)  # numberOfInstances: 110
+            stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}"))
+            job_id = stub.Submit(_submit(study["id"]), timeout=10).job_id
+            queue = queue_from_settings(s)
+            waiting = wait_for(
+                "the job to wait for images",
+                lambda: (j := queue.get(job_id)) and j.outcome.startswith("waiting for images") and j,
+                timeout_s=30,
+            )
+            assert waiting.state is JobState.QUEUED and "60 of the 110" in waiting.outcome
+            assert reports_for(fhir, study) == []
+            store_files(pacs, files[60:])
+        (job,) = wait_all_terminal(queue, [job_id], timeout_s=120)
+    finally:
+        services.close()
+    assert job.state is JobState.SUCCEEDED and job.attempts == 0  # waiting is not a failure
+    assert len(reports_for(fhir, study)) == 1
+
+
 def test_a_notification_that_never_arrives_is_caught_by_the_reconciler(
     sandbox: dict[str, str], studies: list[SampleStudy], fhir: FhirClient, tmp_path: Path
 ) -> None:
@@ -242,7 +273,7 @@ def test_a_notification_that_never_arrives_is_caught_by_the_reconciler(
     services = Services(env, tmp_path).start(workers=0)
     try:
         queue = queue_from_settings(services.settings)
-        study = announce(fhir, studies[4], services.settings.dicomweb_url)  # no Subscription: nobody is told
+        study = announce(fhir, studies[9], services.settings.dicomweb_url)  # no Subscription: nobody is told
         started = time.monotonic()
         job_ids_for(queue, [study], timeout_s=20)
         assert time.monotonic() - started < 3 + 5  # within the interval (and a little scheduling slack)
@@ -287,10 +318,10 @@ def test_topic_based_notifications_queue_studies_and_a_gap_triggers_recovery(
     try:
         queue = queue_from_settings(services.settings)
         sub_id = wait_for("handshake accepted", lambda: _active_subscription(fhir, services.webhook), timeout_s=20)
-        notified = announce(fhir, studies[0], services.settings.dicomweb_url)
+        notified = announce(fhir, studies[10], services.settings.dicomweb_url)
         job_ids_for(queue, [notified], timeout_s=20)
         # A study the EHR announced while we missed its notification (not seen by the gateway)...
-        missed = announce(fhir, studies[1], "http://unused.invalid/dicom-web")
+        missed = announce(fhir, studies[11], "http://unused.invalid/dicom-web")
         time.sleep(1)
         # ...shows up as a gap: the next heartbeat says more events happened than we received.
         heartbeat = _backport_bundle(sub_id, "heartbeat", events_since=99)

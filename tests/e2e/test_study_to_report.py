@@ -189,6 +189,20 @@ def test_replayed_notification_creates_no_second_report(stack: Stack, charted: d
     assert len(observations) == 4
 
 
+def test_the_same_dicom_study_under_another_patient_fails_visibly_and_writes_nothing(
+    stack: Stack, chest_ct: SampleStudy, charted: dict[str, Any]
+) -> None:
+    misfiled = create_study_in_ehr(
+        stack.fhir, chest_ct.study_instance_uid, stack.settings.dicomweb_url, chest_ct.n_instances
+    )
+    job_id = submit_or_existing(stack.grpc, misfiled["id"])
+    final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=120))[-1]
+    assert final.state == jobs_pb2.JOB_STATE_FAILED
+    assert "for another patient" in final.outcome and charted["report"]["id"] in final.outcome
+    assert stack.fhir.search("DiagnosticReport", {"subject": misfiled["subject"]["reference"]}) == []
+    assert len(stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})) == 1
+
+
 def test_malformed_or_unauthenticated_notifications_enqueue_nothing(stack: Stack) -> None:
     queue = queue_from_settings(stack.settings)
     before = queue.stream_length()

@@ -220,7 +220,25 @@ class Worker:
             if before_write is not None:
                 before_write()
             response = self.fhir.transaction(bundle)
-        return StudyOutcome(report_reference=_report_reference(uid, response), stage_seconds=timer.seconds())
+            reference = _report_reference(uid, response)
+            self._check_report_subject(study, reference)
+        return StudyOutcome(report_reference=reference, stage_seconds=timer.seconds())
+
+    def _check_report_subject(self, study: ImagingStudyInfo, reference: str) -> None:
+        """A conditional create that matched an existing report must have matched this patient's.
+
+        The result identifiers are derived from the DICOM study; when the same study is registered again under
+        another patient (a merge, a mis-filed study), the EHR already holds its report elsewhere. That is not
+        copied into a second chart silently: the job fails for a person to look at.
+        """
+        report = self.fhir.read(reference) or {}
+        subject = str((report.get("subject") or {}).get("reference", ""))
+        if "/".join(subject.split("/")[-2:]) != study.context.subject:
+            raise FhirError(
+                f"study {study.context.study_uid}: its results already exist as {reference} for another patient "
+                f"than ImagingStudy/{study.context.imaging_study_id}'s; nothing new written; check for a patient "
+                "merge or a mis-filed study, then replay"
+            )
 
     def _check_complete(self, job: Job, study: ImagingStudyInfo, observed: int) -> None:
         now = time.time()
