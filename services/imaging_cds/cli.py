@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 from imaging_cds import __version__
 from imaging_cds.analysis.radiomics import cli as radiomics_cli
-from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
+from imaging_cds.config import Settings
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
 from imaging_cds.jobs.model import Job, JobState
@@ -28,8 +29,9 @@ DEFAULT_MODEL = "lung-density"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    service = args.command in ("gateway", "worker")
     logging.basicConfig(
-        level=logging.INFO if args.command in ("gateway", "worker") else logging.WARNING,
+        level=(os.environ.get("IMAGING_CDS_LOG_LEVEL", "INFO").upper() if service else logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # Client libraries log every request URL at INFO; ours say what matters, without query strings.
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for bundle.json and key_image.png")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument("--model-repository", type=Path, default=None, help="default: IMAGING_CDS_MODEL_REPOSITORY")
     p.add_argument("--subject", default="Patient/unknown", help="FHIR reference of the patient, e.g. Patient/123")
     p.add_argument("--imaging-study-id", default=None, help="FHIR ImagingStudy id the report should reference")
     p.add_argument("--status", choices=("preliminary", "final"), default="preliminary")
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="the model manifests in the model repository")
     p.add_argument("action", choices=("list",))
-    p.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    p.add_argument("--model-repository", type=Path, default=None, help="default: IMAGING_CDS_MODEL_REPOSITORY")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_models)
     radiomics_cli.add_parser(sub)
@@ -98,7 +100,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if not args.study_dir.is_dir():
         print(f"error: {args.study_dir} is not a folder", file=sys.stderr)
         return EXIT_ERROR
-    model = load_manifest(args.model_repository / args.model)
+    model = load_manifest(_model_repository(args) / args.model)
     result = analyze_folder(
         args.study_dir,
         args.out,
@@ -114,6 +116,10 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return EXIT_OK
+
+
+def _model_repository(args: argparse.Namespace) -> Path:
+    return Path(args.model_repository) if args.model_repository else Settings.from_env().model_repository
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -220,7 +226,7 @@ def _job_row(job: Job) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    manifests: list[ModelManifest] = load_manifests(args.model_repository)
+    manifests: list[ModelManifest] = load_manifests(_model_repository(args))
     rows = [
         {"name": m.name, "version": m.version, "title": m.title, "task": m.task, "onnx": str(m.onnx_path)}
         for m in manifests

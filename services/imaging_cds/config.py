@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "triton_repo"
+# A checkout (or editable install) finds its own triton_repo/; an installed package is told where it is.
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "triton_repo" if (REPO_ROOT / "triton_repo").is_dir() else Path("triton_repo")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class Settings:
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     webhook_secret: str = field(default="", repr=False)
+    log_level: str = "INFO"  # gateway and worker (read by the CLI before anything logs)
+    # TLS for the gRPC API: PEM files; both set = TLS, neither = plaintext (e.g. TLS ends at an ingress or mesh).
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
     register_subscription: bool = True
     report_status: str = "preliminary"
     performer_display: str = "imaging-cds"
@@ -78,6 +83,9 @@ class Settings:
                 values[name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
         _one_of("REPORT_STATUS", settings.report_status, ("preliminary", "final"))
+        _one_of("LOG_LEVEL", settings.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
+        if bool(settings.grpc_tls_cert_file) != bool(settings.grpc_tls_key_file):
+            raise ValueError("IMAGING_CDS_GRPC_TLS_CERT_FILE and IMAGING_CDS_GRPC_TLS_KEY_FILE go together")
         _one_of("SUBSCRIPTION_MODE", settings.subscription_mode, ("rest-hook", "backport", "none"))
         _one_of("BACKPORT_CONTENT", settings.backport_content, ("empty", "id-only", "full-resource"))
         if settings.subscription_mode == "backport" and not settings.subscription_topic:

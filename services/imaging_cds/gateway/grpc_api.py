@@ -140,14 +140,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
 
 def create_grpc_server(
-    queue: JobQueue, address: str, stop: threading.Event, models: list[ModelManifest]
+    queue: JobQueue,
+    address: str,
+    stop: threading.Event,
+    models: list[ModelManifest],
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.Server, int]:
+    """The gRPC server, not yet started; `tls` is (certificate chain PEM, private key PEM) for a TLS port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(queue, models), server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
     threading.Thread(target=_track_health, args=(queue, health_servicer, stop), daemon=True).start()
     return server, port
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+from pathlib import Path
 
 import uvicorn
 
@@ -39,14 +42,18 @@ def run_gateway(settings: Settings) -> None:
         )
         keeper = SubscriptionKeeper(fhir, spec, on_replaced=reconciler.wake.set)
         _thread(_keep, keeper, stop, settings.subscription_check_s)
+    tls = None
+    if settings.grpc_tls_cert_file:
+        tls = (Path(settings.grpc_tls_cert_file).read_bytes(), Path(settings.grpc_tls_key_file).read_bytes())
     grpc_server, grpc_port = create_grpc_server(
-        queue, f"{settings.grpc_host}:{settings.grpc_port}", stop, load_manifests(settings.model_repository)
+        queue, f"{settings.grpc_host}:{settings.grpc_port}", stop, load_manifests(settings.model_repository), tls
     )
     grpc_server.start()
     log.info(
-        "gRPC API on %s:%d; intake: %s, polling every %g s",
+        "gRPC API on %s:%d (%s); intake: %s, polling every %g s",
         settings.grpc_host,
         grpc_port,
+        "TLS" if tls else "plaintext",
         settings.subscription_mode,
         interval,
     )
@@ -58,8 +65,16 @@ def run_gateway(settings: Settings) -> None:
         EventCounter(queue.redis, settings.queue_prefix),
         reconciler.wake.set,
     )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
+    )
+    # uvicorn re-raises SIGTERM after its own shutdown, which would skip the graceful gRPC stop below: the
+    # signals only ask the HTTP server to finish, and this function stops the rest in order.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
     try:
-        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)
+        server.run()
     finally:
         stop.set()
         reconciler.wake.set()
