@@ -197,14 +197,18 @@ def _jobs(args: argparse.Namespace) -> int:
     if not args.job_id:
         print(f"error: jobs {args.action} needs a job id", file=sys.stderr)
         return EXIT_ERROR
-    action = {"show": queue.get, "replay": queue.replay, "cancel": queue.cancel}[args.action]
-    job = action(args.job_id)
+    job = queue.get(args.job_id)
     if job is None:
         print(f"error: no job {args.job_id}", file=sys.stderr)
         return EXIT_ERROR
-    if args.action != "show" and job.state.terminal == (args.action == "replay"):
-        print(f"error: job {job.job_id} is {job.state.value}; nothing to {args.action}", file=sys.stderr)
+    if args.action != "show" and job.state.terminal != (args.action == "replay"):
+        what = "has not ended" if args.action == "replay" else "already ended"
+        print(f"error: job {job.job_id} is {job.state.value}: it {what}; nothing to {args.action}", file=sys.stderr)
         return EXIT_ERROR
+    if args.action == "replay":
+        job = queue.replay(job.job_id) or job
+    elif args.action == "cancel":
+        job = queue.cancel(job.job_id) or job
     print(json.dumps(_job_row(job), indent=2))
     return EXIT_OK
 

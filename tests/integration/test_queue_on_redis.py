@@ -102,3 +102,41 @@ def test_watch_sees_each_state_until_terminal(queue: JobQueue) -> None:
     queue.save(job.with_state(JobState.SUCCEEDED, time.time() + 1, report_reference="DiagnosticReport/1"))
     states = [j.state for j in queue.watch(job_id, poll_s=0.1, timeout_s=5)]
     assert states[-1] is JobState.SUCCEEDED
+
+
+def test_operators_see_dead_letters_and_replay_them_from_the_command_line(sandbox: dict[str, str]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import service_env
+
+    env = service_env(sandbox, IMAGING_CDS_QUEUE_PREFIX=f"cli-{uuid.uuid4().hex[:8]}")
+    queue = JobQueue(
+        redis.Redis.from_url(sandbox["IMAGING_CDS_REDIS_URL"], decode_responses=True),
+        prefix=env["IMAGING_CDS_QUEUE_PREFIX"],
+    )
+    queue.ensure_group()
+    job_id = queue.submit(StudyRef("study-cli", "1.2.3")).job_id
+    delivery = queue.next_delivery("w", block_ms=100)
+    job = queue.get(job_id)
+    assert delivery is not None and job is not None
+    queue.finish(delivery, job.with_state(JobState.FAILED, time.time(), attempts=6, outcome="study 1.2.3: PACS down"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imaging_cds.cli", "jobs", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    dead = json.loads(cli("list", "--dead", "--json").stdout)
+    assert [(d["job_id"], d["reason"]) for d in dead] == [(job_id, "study 1.2.3: PACS down")]
+    assert job_id in cli("list", "--state", "failed").stdout
+    replayed = cli("replay", job_id)
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["state"] == "queued"
+    again = cli("replay", job_id)
+    assert again.returncode == 1 and "has not ended" in again.stderr
+    assert cli("show", "no-such-job").returncode == 1
