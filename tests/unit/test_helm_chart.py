@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from imaging_cds.config import Settings
+from imaging_cds.gateway.http_app import create_app
 from imaging_cds.jobs.queue import queue_from_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +36,7 @@ RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephem
 RESTRICTED_VOLUME_TYPES |= {"projected", "secret"}
 
 Manifest = dict[str, Any]
+GRPC_TLS_SECRET = "imaging-cds-gateway-grpc-tls"
 
 SCENARIOS: dict[str, dict[str, Any] | None] = {
     "default": None,
@@ -61,6 +63,11 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
         },
         "redis": {"auth": {"enabled": False}},
         "worker": {"autoscaling": {"keda": {"enabled": True, "minReplicas": 0}}},
+    },
+    # The gateway serves gRPC with TLS from an existing Secret; one log level for all, overridden for the gateway.
+    "grpc-tls": {
+        "app": {"logLevel": "WARNING"},
+        "gateway": {"logLevel": "DEBUG", "grpcTls": {"enabled": True, "secretName": GRPC_TLS_SECRET}},
     },
 }
 
@@ -209,6 +216,13 @@ BAD_VALUES = {
     "external Redis": ({"redis": {"enabled": False}}, "/redis/external"),
     "external Triton": ({"triton": {"enabled": False}}, "/triton/external/grpcUrl"),
     "peer": ({"networkPolicy": {"gateway": {"httpFrom": ["10.0.0.0/8"]}}}, "/networkPolicy/gateway/httpFrom/0"),
+    "log level": ({"app": {"logLevel": "TRACE"}}, "/app/logLevel"),
+    "component log level": ({"worker": {"logLevel": "verbose"}}, "/worker/logLevel"),
+    "gRPC TLS without a Secret": ({"gateway": {"grpcTls": {"enabled": True}}}, "/gateway/grpcTls/secretName"),
+    "gRPC TLS empty Secret": (
+        {"gateway": {"grpcTls": {"enabled": True, "secretName": ""}}},
+        "/gateway/grpcTls/secretName",
+    ),
 }
 
 
@@ -303,6 +317,75 @@ def test_gateway_probes_are_http_liveness_and_grpc_health_readiness(rendered: di
     triton = one(rendered["default"], "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def _http_routes() -> set[str]:
+    """The gateway's HTTP paths (building the app touches neither Redis nor the queue)."""
+    app = create_app(queue=None, submitter=None)  # type: ignore[arg-type]
+    return {getattr(route, "path", "") for route in app.routes}
+
+
+def test_gateway_probes_with_grpc_tls_use_readyz_on_the_http_port(rendered: dict[str, list[Manifest]]) -> None:
+    """The kubelet's gRPC probe cannot speak TLS: with TLS on, readiness is /readyz (Redis, as grpc.health.v1)."""
+    docs = rendered["grpc-tls"]
+    gateway = one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]["containers"][0]
+    probes = {kind: gateway[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert not any("grpc" in probe for probe in probes.values()), "a plaintext gRPC probe against a TLS port"
+    assert {kind: p["httpGet"]["path"] for kind, p in probes.items()} == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    assert all(p["httpGet"]["port"] == "http" for p in probes.values())
+    assert {"/healthz", "/readyz"} <= _http_routes()  # real routes of the gateway's HTTP app
+    # A mesh or Service-aware proxy must not take the TLS port for cleartext HTTP/2.
+    service = one(docs, "Service", "-gateway")
+    grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc_port["appProtocol"] == "https"
+    default = one(rendered["default"], "Service", "-gateway")
+    assert next(p for p in default["spec"]["ports"] if p["name"] == "grpc")["appProtocol"] == "kubernetes.io/h2c"
+
+
+def test_grpc_tls_mounts_the_secret_read_only_and_points_the_settings_at_it(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    docs = rendered["grpc-tls"]
+    pod = one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    gateway = pod["containers"][0]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == GRPC_TLS_SECRET]
+    assert {i["key"]: i["path"] for i in volume["secret"]["items"]} == {"tls.crt": "tls.crt", "tls.key": "tls.key"}
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the private key is readable by other users"
+    assert pod["securityContext"]["fsGroup"] == gateway["securityContext"]["runAsGroup"], "the group can read it"
+    (mount,) = [m for m in gateway["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    settings = _settings_from(gateway)
+    assert settings.grpc_tls_cert_file == f"{mount['mountPath']}/tls.crt"
+    assert settings.grpc_tls_key_file == f"{mount['mountPath']}/tls.key"
+    # Only the gateway serves gRPC: the workers get neither the Secret nor the variables.
+    worker = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    assert not any("secret" in v for v in worker["volumes"])
+    assert not {"IMAGING_CDS_GRPC_TLS_CERT_FILE", "IMAGING_CDS_GRPC_TLS_KEY_FILE"} & set(
+        env_of(worker["containers"][0])
+    )
+    # Off (every other scenario): no Secret mounted, no variables, plaintext settings.
+    for scenario in set(SCENARIOS) - {"grpc-tls"}:
+        pod = one(rendered[scenario], "Deployment", "-gateway")["spec"]["template"]["spec"]
+        assert not any(v.get("secret", {}).get("secretName") == GRPC_TLS_SECRET for v in pod["volumes"])
+        plain = _settings_from(pod["containers"][0])
+        assert (plain.grpc_tls_cert_file, plain.grpc_tls_key_file) == ("", ""), scenario
+
+
+def test_log_level_is_global_with_a_per_component_override(rendered: dict[str, list[Manifest]]) -> None:
+    def levels(scenario: str) -> tuple[str, str]:
+        docs = rendered[scenario]
+        gateway, worker = (
+            _settings_from(one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0])
+            for suffix in ("-gateway", "-worker")
+        )
+        return gateway.log_level, worker.log_level
+
+    assert levels("default") == ("INFO", "INFO")
+    assert levels("grpc-tls") == ("DEBUG", "WARNING")  # the gateway's own level; the workers take app.logLevel
 
 
 def test_every_workload_has_a_pod_disruption_budget(rendered: dict[str, list[Manifest]]) -> None:
@@ -465,6 +548,18 @@ def test_notes_tell_the_operator_what_to_check_next(chart: helm.Chart) -> None:
         text for path, text in render(chart, SCENARIOS["production"]).items() if path.endswith("NOTES.txt")
     )
     assert "Check:" not in production, production
+    assert "grpcurl -plaintext" in notes and "Log level: gateway INFO, workers INFO" in notes
+
+
+def test_notes_with_grpc_tls_check_over_tls_and_flag_a_cleartext_ingress_backend(chart: helm.Chart) -> None:
+    values = yaml.safe_load(yaml.safe_dump(SCENARIOS["production"]))
+    values["gateway"]["grpcTls"] = {"enabled": True, "secretName": GRPC_TLS_SECRET}
+    notes = next(text for path, text in render(chart, values).items() if path.endswith("NOTES.txt"))
+    assert "-plaintext" not in notes and "grpc.health.v1.Health/Check" in notes
+    assert "backend-protocol to GRPCS" in notes, "the Ingress would speak cleartext gRPC to a TLS port"
+    values["gateway"]["ingress"]["grpc"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] = "GRPCS"
+    notes = next(text for path, text in render(chart, values).items() if path.endswith("NOTES.txt"))
+    assert "Check:" not in notes, notes
 
 
 # -- the image the chart runs -----------------------------------------------------------------------------------

@@ -132,6 +132,11 @@ seccompProfile:
 {{- end -}}
 {{- end }}
 
+{{/* Where the gateway finds gateway.grpcTls's Secret (tls.crt, tls.key). */}}
+{{- define "imaging-cds.grpcTlsDir" -}}
+/etc/imaging-cds/grpc-tls
+{{- end }}
+
 {{- define "imaging-cds.modelRepositoryPath" -}}
 {{- if and (eq .Values.triton.modelRepository.source "pvc") .Values.triton.modelRepository.pvc.sharedWithServices -}}
 /models
