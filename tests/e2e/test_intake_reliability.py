@@ -219,8 +219,8 @@ def test_nineteen_duplicate_notifications_make_one_job_and_one_report(
 
         with ThreadPoolExecutor(10) as pool:  # ten at once...
             job_ids = list(pool.map(deliver, range(10)))
-        for i in range(9):  # ...and nine more spread over the time the job runs and after it ended
-            time.sleep(2.5)
+        for i in range(9):  # ...and nine more spread over two minutes, while the job runs and after it ended
+            time.sleep(13)
             job_ids.append(deliver(10 + i))
         assert len(set(job_ids)) == 1
         queue = queue_from_settings(services.settings)
@@ -259,6 +259,74 @@ def test_a_study_is_analysed_only_once_all_its_images_are_in_the_pacs(
         services.close()
     assert job.state is JobState.SUCCEEDED and job.attempts == 0  # waiting is not a failure
     assert len(reports_for(fhir, study)) == 1
+
+
+def test_transient_failures_are_retried_with_backoff_then_dead_lettered(
+    sandbox: dict[str, str], studies: list[SampleStudy], fhir: FhirClient, tmp_path: Path
+) -> None:
+    env = make_env(
+        sandbox,
+        IMAGING_CDS_TRITON_GRPC_URL=f"127.0.0.1:{free_port()}",  # Triton unreachable
+        IMAGING_CDS_MAX_ATTEMPTS="3",
+        IMAGING_CDS_REGISTER_SUBSCRIPTION="false",
+        IMAGING_CDS_QUEUE_PREFIX="transient",
+    )
+    services = Services(env, tmp_path).start(workers=1)
+    try:
+        study = announce(fhir, studies[0], services.settings.dicomweb_url)
+        stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"127.0.0.1:{services.settings.grpc_port}"))
+        job_id = stub.Submit(_submit(study["id"]), timeout=10).job_id
+        queue = queue_from_settings(services.settings)
+        retrying = wait_for(
+            "a retry to be scheduled",
+            lambda: (j := queue.get(job_id)) and j.outcome.startswith("attempt 1 of 3 failed") and j,
+            timeout_s=30,
+        )
+        assert retrying.state is JobState.QUEUED and retrying.not_before > retrying.updated
+        (job,) = wait_all_terminal(queue, [job_id], timeout_s=60)
+        dead = queue.dead_letters()
+    finally:
+        services.close()
+    assert job.state is JobState.FAILED and job.attempts == 3 and "gave up after 3 attempts" in job.outcome
+    assert "Triton" in job.outcome
+    assert [d.job_id for d in dead] == [job_id]
+    assert reports_for(fhir, study) == []
+
+
+def test_a_study_ordered_stat_is_queued_as_stat(sandbox: dict[str, str], fhir: FhirClient, tmp_path: Path) -> None:
+    env = make_env(sandbox, IMAGING_CDS_QUEUE_PREFIX="priority", IMAGING_CDS_POLL_INTERVAL_S="3600")
+    services = Services(env, tmp_path).start(workers=0)
+    try:
+        wait_for("Subscription active", lambda: _active_subscription(fhir, services.webhook))
+        queue = queue_from_settings(services.settings)
+        kinds = {}
+        for priority in ("stat", "routine"):
+            order = fhir.create(
+                {
+                    "resourceType": "ServiceRequest",
+                    "status": "active",
+                    "intent": "order",
+                    "priority": priority,
+                    "code": {"text": "CT chest"},
+                    "subject": {"reference": "Patient/x"},
+                }
+            )
+            study = fhir.create(
+                {
+                    "resourceType": "ImagingStudy",
+                    "status": "available",
+                    "subject": {"reference": "Patient/x"},
+                    "identifier": [
+                        {"system": "urn:dicom:uid", "value": f"urn:oid:1.2.826.0.1.3680043.8.498.55{len(kinds)}"}
+                    ],
+                    "basedOn": [{"reference": f"ServiceRequest/{order['id']}"}],
+                }
+            )
+            kinds[priority] = job_ids_for(queue, [study], timeout_s=20)[0]
+        assert queue.get(kinds["stat"]).priority.value == "stat"  # type: ignore[union-attr]
+        assert queue.get(kinds["routine"]).priority.value == "routine"  # type: ignore[union-attr]
+    finally:
+        services.close()
 
 
 def test_a_notification_that_never_arrives_is_caught_by_the_reconciler(

@@ -75,3 +75,16 @@ def test_malformed_notifications_are_refused_with_a_reason(path_id: str | None, 
 def test_arbitrary_input_is_accepted_or_refused_never_crashes(path_id: str | None, body: bytes) -> None:
     with contextlib.suppress(InvalidNotificationError):
         parse_notification(path_id, body, "application/fhir+json")
+
+
+def test_orders_the_study_is_based_on_set_its_priority() -> None:
+    from imaging_cds.intake.priority import priority_from_orders
+    from imaging_cds.jobs.model import Priority
+
+    study = imaging_study(basedOn=[{"reference": "http://ehr/fhir/ServiceRequest/9"}, {"reference": "CarePlan/1"}])
+    ref = parse_notification("42", json.dumps(study).encode())
+    assert ref is not None and ref.orders == ("ServiceRequest/9",)
+    assert priority_from_orders([{"priority": "stat"}]) is Priority.STAT
+    assert priority_from_orders([{"priority": "urgent"}, {"priority": "routine"}]) is Priority.STAT
+    assert priority_from_orders([{"priority": "routine"}, {}]) is Priority.ROUTINE
+    assert priority_from_orders([]) is Priority.ROUTINE

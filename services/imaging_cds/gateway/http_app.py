@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,8 +28,9 @@ from starlette.routing import Route
 from imaging_cds.errors import InvalidNotificationError
 from imaging_cds.intake.backport import BackportNotification, parse_backport
 from imaging_cds.intake.events import EventCounter
+from imaging_cds.intake.priority import priority_from_orders
 from imaging_cds.intake.rest_hook import parse_notification
-from imaging_cds.jobs.model import StudyRef
+from imaging_cds.jobs.model import Priority, StudyRef
 from imaging_cds.jobs.queue import BatchingSubmitter, JobQueue
 
 log = logging.getLogger("imaging_cds.gateway")
@@ -41,6 +43,7 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     events: EventCounter | None = None,
     wake_reconciler: Callable[[], None] = lambda: None,
+    orders: OrderLookup | None = None,
 ) -> Starlette:
     expected = f"Bearer {webhook_secret}".encode() if webhook_secret else b""
 
@@ -82,7 +85,7 @@ def create_app(
 
     async def _queue(studies: list[StudyRef]) -> JSONResponse:
         try:
-            results = [await submitter.submit(s) for s in studies]
+            results = [await submitter.submit(s, await priority_of(s)) for s in studies]
         except redis.RedisError:
             log.warning("queue unavailable; notification refused with 503")
             return _outcome(503, "transient", "job queue unavailable; retry later")
@@ -93,6 +96,11 @@ def create_app(
         if len(results) == 1:
             body.update(body["jobs"][0])
         return JSONResponse(body, status_code=202)
+
+    async def priority_of(study: StudyRef) -> Priority:
+        if not study.orders or orders is None:
+            return Priority.ROUTINE
+        return priority_from_orders(await orders.fetch(study.orders))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -125,6 +133,31 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+class OrderLookup:
+    """Reads the orders (ServiceRequests) a notified study is based on, to queue STAT studies first.
+
+    A lookup that fails or times out leaves the study routine (logged): priority must not cost a notification.
+    """
+
+    def __init__(self, fhir_url: str, timeout_s: float = 2.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=fhir_url.rstrip("/") + "/", timeout=timeout_s, headers={"Accept": "application/fhir+json"}
+        )
+
+    async def fetch(self, references: tuple[str, ...]) -> list[dict[str, Any]]:
+        found = []
+        for ref in references:
+            try:
+                response = await self._http.get(ref)
+                if response.status_code == 200:
+                    found.append(response.json())
+            except (httpx.HTTPError, ValueError) as err:
+                log.warning(
+                    "could not read %s for the study's priority (%s); queued as routine", ref, type(err).__name__
+                )
+        return found
 
 
 def _outcome(status: int, code: str, text: str, severity: str = "error") -> JSONResponse:

@@ -14,7 +14,7 @@ from imaging_cds.config import Settings
 from imaging_cds.fhir.client import FhirClient
 from imaging_cds.fhir.subscription import SubscriptionKeeper, SubscriptionSpec
 from imaging_cds.gateway.grpc_api import create_grpc_server
-from imaging_cds.gateway.http_app import create_app
+from imaging_cds.gateway.http_app import OrderLookup, create_app
 from imaging_cds.inference.manifest import load_manifests
 from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.reconciler import Reconciler
@@ -64,6 +64,7 @@ def run_gateway(settings: Settings) -> None:
         settings.max_body_bytes,
         EventCounter(queue.redis, settings.queue_prefix),
         reconciler.wake.set,
+        OrderLookup(settings.fhir_url),
     )
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)

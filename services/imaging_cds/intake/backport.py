@@ -15,7 +15,7 @@ from typing import Any
 
 from imaging_cds.errors import InvalidNotificationError
 from imaging_cds.fhir.imaging_study import parse_imaging_study
-from imaging_cds.intake.rest_hook import ANALYSABLE_STATUSES, is_fhir_id
+from imaging_cds.intake.rest_hook import ANALYSABLE_STATUSES, is_fhir_id, service_requests
 from imaging_cds.jobs.model import StudyRef
 
 NOTIFICATION_TYPES = ("handshake", "heartbeat", "event-notification", "query-status", "query-event")
@@ -79,7 +79,9 @@ def parse_backport(body: bytes) -> BackportNotification:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") == "ImagingStudy":
             study = parse_imaging_study(resource)
-            ref = StudyRef(study.context.imaging_study_id, study.context.study_uid)
+            ref = StudyRef(
+                study.context.imaging_study_id, study.context.study_uid, service_requests(study.context.based_on)
+            )
             if study.status in ANALYSABLE_STATUSES:
                 studies[ref.imaging_study_id] = ref
             else:

@@ -19,6 +19,8 @@ import redis
 from imaging_cds.errors import ImagingCdsError, InvalidNotificationError
 from imaging_cds.fhir.client import FhirClient, FhirError
 from imaging_cds.fhir.imaging_study import parse_imaging_study
+from imaging_cds.intake.priority import priority_from_orders
+from imaging_cds.intake.rest_hook import service_requests
 from imaging_cds.jobs.model import StudyRef
 from imaging_cds.jobs.queue import JobQueue
 
@@ -58,7 +60,11 @@ class Reconciler:
                 invalid += 1
                 log.warning("reconciler: skipped %s", err)
                 continue
-            if self.queue.submit(StudyRef(study.context.imaging_study_id, study.context.study_uid)).created:
+            ref = StudyRef(
+                study.context.imaging_study_id, study.context.study_uid, service_requests(study.context.based_on)
+            )
+            orders = [o for o in (self.fhir.read(r) for r in ref.orders) if o is not None]
+            if self.queue.submit(ref, priority_from_orders(orders)).created:
                 queued += 1
                 log.info(
                     "reconciler: queued ImagingStudy/%s (no notification had arrived)", study.context.imaging_study_id

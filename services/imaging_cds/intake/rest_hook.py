@@ -45,4 +45,18 @@ def parse_notification(path_id: str | None, body: bytes, content_type: str = "")
         raise InvalidNotificationError("the ImagingStudy id in the body differs from the one in the URL")
     if study.status not in ANALYSABLE_STATUSES:
         return None
-    return StudyRef(imaging_study_id=study.context.imaging_study_id, study_uid=study.context.study_uid)
+    return StudyRef(
+        imaging_study_id=study.context.imaging_study_id,
+        study_uid=study.context.study_uid,
+        orders=service_requests(study.context.based_on),
+    )
+
+
+def service_requests(references: tuple[str, ...]) -> tuple[str, ...]:
+    """The 'ServiceRequest/id' among an ImagingStudy's basedOn references (relative or absolute)."""
+    found = []
+    for ref in references:
+        parts = ref.rstrip("/").split("/")
+        if len(parts) >= 2 and parts[-2] == "ServiceRequest" and is_fhir_id(parts[-1]):
+            found.append(f"ServiceRequest/{parts[-1]}")
+    return tuple(found)

@@ -33,6 +33,7 @@ class StudyRef:
 
     imaging_study_id: str
     study_uid: str = ""
+    orders: tuple[str, ...] = ()  # 'ServiceRequest/id' the study is based on (for its priority); not stored
 
     def dedup_key(self) -> str:
         """Stable key for 'the same study' (its FHIR id): replays and id-only notifications map to one job."""

@@ -4,11 +4,15 @@ Results are keyed by a *feature key*: the feature's 4-character IBSI identifier,
 identifier for several results:
 
 - texture features carry the IBSI identifier of their aggregation method: ``GYBY.ITBB`` is GLCM joint maximum,
-  3D, features averaged over directions; ``9SAK.KOBO`` is GLSZM small zone emphasis, 3D;
+  3D, features averaged over directions; ``5QRC.KOBO`` is GLSZM small zone emphasis, 3D;
 - intensity-volume histogram features carry their parameter: ``BC2M.V10`` (volume at intensity fraction 0.10),
-  ``GBPN.I90`` (intensity at volume fraction 0.90);
-- the manual codes both the minimum and the 10th percentile of discretised intensities as ``1PR8``; the minimum
-  keeps ``1PR8`` and the percentile is ``1PR8.P10``.
+  ``GBPN.I90`` (intensity at volume fraction 0.90).
+
+Identifiers were checked against the IBSI reference manual (theibsi/ibsi-doc) and the feature name reference of
+MIRP (oncoray/mirp, by the IBSI's coordinating author); the aggregation identifiers are the manual's. Where the
+manual's web rendering drops an identifier (intensity histogram percentiles, texture features) MIRP's list is used:
+10th and 90th discretised intensity percentile are ``GPMT`` and ``OZ0C``, GLSZM small zone emphasis is ``5QRC``
+(``9SAK`` is the GLSZM family).
 
 Units are UCUM. ``{I}`` in a unit stands for the image's intensity unit (``[hnsf'U]`` for CT) and is filled in by
 :func:`unit_for`; discretised intensities (grey levels) are dimensionless.
@@ -147,8 +151,8 @@ _HISTOGRAM = [
     ("C3I7", "(Excess) discretised intensity kurtosis", "1"),
     ("WIFQ", "Median discretised intensity", "1"),
     ("1PR8", "Minimum discretised intensity", "1"),
-    ("1PR8.P10", "10th discretised intensity percentile", "1"),
-    ("GPMT", "90th discretised intensity percentile", "1"),
+    ("GPMT", "10th discretised intensity percentile", "1"),
+    ("OZ0C", "90th discretised intensity percentile", "1"),
     ("3NCY", "Maximum discretised intensity", "1"),
     ("AMMC", "Intensity histogram mode", "1"),
     ("WR0O", "Discretised intensity interquartile range", "1"),
@@ -220,7 +224,7 @@ GLRLM = [
     ("HJ9O", "Run entropy"),
 ]
 GLSZM = [
-    ("9SAK", "Small zone emphasis"),
+    ("5QRC", "Small zone emphasis"),
     ("48P8", "Large zone emphasis"),
     ("XMSY", "Low grey level zone emphasis"),
     ("5GN9", "High grey level zone emphasis"),

@@ -100,7 +100,7 @@ def histogram_features(levels: IntArray) -> dict[str, float]:
     m = _moments(x)
     keys = {
         "X6K6": "mean", "CH89": "var", "88K1": "skew", "C3I7": "kurt", "WIFQ": "median", "1PR8": "min",
-        "1PR8.P10": "p10", "GPMT": "p90", "3NCY": "max", "WR0O": "iqr", "5Z3W": "range", "D2ZX": "mad",
+        "GPMT": "p10", "OZ0C": "p90", "3NCY": "max", "WR0O": "iqr", "5Z3W": "range", "D2ZX": "mad",
         "WRZB": "rmad", "4RNL": "medad", "CWYJ": "cov", "SLWD": "qcod",
     }  # fmt: skip
     out = {k: m[v] for k, v in keys.items()}

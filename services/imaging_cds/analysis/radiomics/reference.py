@@ -4,6 +4,11 @@ Each CSV row names a feature by IBSI identifier, the data set (``dig. phantom``,
 texture, the aggregation in words; :func:`load_reference_values` turns that into this engine's feature keys.
 A row with a tolerance matches when ``|value - reference| <= tolerance``; without one, when the value agrees to
 the reference's printed precision (the manual prints three significant digits: half a unit in the third).
+
+``shared/ibsi`` codes three features with a wrong identifier (the web rendering of the manual drops theirs, and the
+neighbouring identifier was taken): the 10th discretised intensity percentile as ``1PR8`` (the minimum's), the 90th
+as ``GPMT`` (the 10th's) and GLSZM small zone emphasis as ``9SAK`` (the GLSZM family's). Rows are matched to
+features by identifier and feature name, so those rows are read as ``GPMT``, ``OZ0C`` and ``5QRC``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ AGGREGATION_WORDS = {
     "3D": "KOBO",
 }
 # IBSI identifiers that the manual uses for more than one result, in the order the manual lists them.
-_REPEATED = {"BC2M": ["BC2M.V10", "BC2M.V90"], "GBPN": ["GBPN.I10", "GBPN.I90"], "1PR8": ["1PR8", "1PR8.P10"]}
+_REPEATED = {"BC2M": ["BC2M.V10", "BC2M.V90"], "GBPN": ["GBPN.I10", "GBPN.I90"]}
+# (identifier in the file, feature name) -> the feature's IBSI identifier, for rows coded with a wrong one.
+_MISCODED = {
+    ("1PR8", "10th discretised intensity percentile"): "GPMT",
+    ("GPMT", "90th discretised intensity percentile"): "OZ0C",
+    ("9SAK", "Small zone emphasis"): "5QRC",
+}
 
 
 @dataclass(frozen=True)
@@ -62,12 +73,18 @@ def matches(value: float, reference: float, allowed: float) -> bool:
 
 
 def load_reference_values(path: Path) -> list[ReferenceValue]:
-    """Rows with a reference value; a row the manual leaves without one (no consensus) is left out."""
+    """Rows with a reference value; a row the manual leaves without one (no consensus) is left out.
+
+    Lines starting with ``#`` before the header (where the file says where its values come from) are skipped.
+    """
     out: list[ReferenceValue] = []
     seen: dict[tuple[str, str], int] = defaultdict(int)
     with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
+        lines = (line for line in fh if not line.startswith("#"))
+        for row in csv.DictReader(lines):
+            feature = row["feature"].replace("\\ :sup:`th`", "th").strip()
             ibsi_id = row["ibsi_id"].strip()
+            ibsi_id = _MISCODED.get((ibsi_id, feature), ibsi_id)
             data = row["data"].strip()
             agg = row["aggregation"].strip()
             if agg:
@@ -87,7 +104,7 @@ def load_reference_values(path: Path) -> list[ReferenceValue]:
                 ReferenceValue(
                     key=key,
                     data=data,
-                    feature=row["feature"].replace("\\ :sup:`th`", "th"),
+                    feature=feature,
                     family=row["family"],
                     value=float(row["value"]),
                     tolerance=float(tol) if tol else None,
