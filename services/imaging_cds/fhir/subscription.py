@@ -75,27 +75,32 @@ class SubscriptionKeeper:
         self.subscription_id = ""
 
     def ensure(self) -> str:
-        """Reuse an active or requested Subscription of ours, else create one; remove ours that are in error."""
+        """Keep one working Subscription of ours and remove the others; create one when none works.
+
+        Of several working ones (two gateway replicas created one each at the same moment) every replica keeps the
+        one with the smallest id, so they converge instead of deleting each other's.
+        """
         # `url` is R4's search parameter for Subscription.channel.endpoint; is_ours checks each match anyway.
-        working = ""
-        for existing in self.fhir.search("Subscription", {"url": self.spec.endpoint}):
-            if not self.spec.is_ours(existing):
-                continue
-            if existing.get("status") in ("requested", "active") and not working and self._header_current(existing):
-                working = str(existing["id"])
-                continue
-            self.fhir.delete(f"Subscription/{existing['id']}")
-        if not working:
-            working = str(self.fhir.create(self.spec.resource())["id"])
-            log.info("created Subscription/%s (%s) for %s", working, self.spec.mode, self.spec.criteria)
-        self.subscription_id = working
-        return working
+        ours = [s for s in self.fhir.search("Subscription", {"url": self.spec.endpoint}) if self.spec.is_ours(s)]
+        working = sorted(
+            str(s["id"]) for s in ours if s.get("status") in ("requested", "active") and self._header_current(s)
+        )
+        keep = working[0] if working else ""
+        for existing in ours:
+            if str(existing["id"]) != keep:
+                self.fhir.delete(f"Subscription/{existing['id']}")
+        if not keep:
+            keep = str(self.fhir.create(self.spec.resource())["id"])
+            log.info("created Subscription/%s (%s) for %s", keep, self.spec.mode, self.spec.criteria)
+        self.subscription_id = keep
+        return keep
 
     def check(self) -> None:
         """Re-create the Subscription when the EHR has put it in error, switched it off or deleted it."""
         current = self.fhir.read(f"Subscription/{self.subscription_id}") if self.subscription_id else None
         status = (current or {}).get("status")
         if status in ("requested", "active"):
+            self.ensure()  # also removes duplicates another replica may have created
             return
         log.warning(
             "Subscription/%s is %s (%s); re-creating it and polling for missed studies",
