@@ -9,6 +9,10 @@ For each configuration it prints our engine's median time per region over ``--ru
 how many IBSI reference values it matches: shared/ibsi's for the digital phantom, A and C, and for B, D and E those
 transcribed from the IBSI manual into tests/data/ibsi/reference_values_B_D_E.csv.
 
+``whole_lung`` times the report's radiomics: the lung-density manifest's ``radiomics`` configuration on the lung
+mask of a synthetic chest CT (``--lung-slices`` slices of 512 x 512; 0 skips it), the work the worker adds to each
+lung-density report.
+
 Peers are never installed into the project's environment. pyradiomics (pyradiomics-bhklab) and MIRP are looked
 for in this interpreter and in ``--peers-venv`` (a separate virtual environment of the same Python version, put on
 ``sys.path``); each is reported ``unavailable`` with the reason when it cannot be imported. pictologics needs
@@ -49,6 +53,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--peers-venv", type=Path, default=DEFAULT_PEERS)
+    parser.add_argument("--lung-slices", type=int, default=220, help="whole-lung timing: phantom slices (0: skip)")
     args = parser.parse_args()
     refs = (
         load_reference_values(args.data / "digital_phantom" / "reference_values.csv")
@@ -75,6 +80,8 @@ def main() -> int:
             data_refs = [r for r in refs if r.data == DATA_OF[name]]
             entry["imaging_cds"].update(_share(values, data_refs))
         report["configurations"][name] = entry
+    if args.lung_slices:
+        report["whole_lung"] = _whole_lung(args.lung_slices, args.runs)
     peers = _load_peers(args.peers_venv)
     report["peers"] = {k: v for k, v in peers.items() if isinstance(v, str)}
     if "pyradiomics" in peers and not isinstance(peers["pyradiomics"], str):
@@ -86,6 +93,30 @@ def main() -> int:
             )
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _whole_lung(n_slices: int, runs: int) -> dict[str, Any]:
+    import yaml
+
+    from imaging_cds.analysis.radiomics import config_from_mapping
+    from imaging_cds.sample.synthetic_ct import LUNG_LABELS, make_chest_ct
+
+    manifest = yaml.safe_load((REPO / "triton_repo" / "lung-density" / "manifest.yaml").read_text())
+    config = config_from_mapping(manifest["radiomics"])
+    hu, labels, spacing = make_chest_ct(seed=0, n_slices=n_slices)
+    lung = np.isin(labels, LUNG_LABELS)
+    stages: dict[str, float] = {}
+
+    def run() -> None:
+        stages.update(extract(hu, lung, spacing, config).seconds)
+
+    return {
+        "ct": list(hu.shape),
+        "lung_voxels": int(lung.sum()),
+        "configuration": config.describe(),
+        "seconds_per_region": round(_time(run, runs), 4),
+        "last_run_stages": {k: round(v, 4) for k, v in stages.items()},
+    }
 
 
 def _machine() -> dict[str, Any]:

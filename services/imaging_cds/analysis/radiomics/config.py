@@ -106,6 +106,37 @@ class RadiomicsConfig:
     def with_changes(self, **changes: Any) -> RadiomicsConfig:
         return replace(self, **changes)
 
+    def preset(self) -> str | None:
+        """The name of the IBSI reference configuration whose image processing this is, if any."""
+        for name, ref in IBSI_CONFIGURATIONS.items():
+            if replace(self, families=ref.families, intensity_unit=ref.intensity_unit) == ref:
+                return name
+        return None
+
+    def describe(self) -> str:
+        """The processing in words, e.g. for a report: ``IBSI 1 configuration C: 3D; 2 x 2 x 2 mm ...``."""
+        steps = ["/".join(self.aggregations)]
+        if self.spacing_mm is None:
+            steps.append("no interpolation")
+        else:
+            z, y, x = self.spacing_mm
+            grid = f"{x:g} x {y:g} mm in-plane" if z is None else f"{x:g} x {y:g} x {z:g} mm"
+            rounding = f", rounded to {self.intensity_rounding:g}" if self.intensity_rounding else ""
+            steps.append(f"{grid}, {self.interpolation} interpolation{rounding}")
+        if self.resegmentation_range is not None:
+            lo, hi = ("" if v is None else f"{v:g}" for v in self.resegmentation_range)
+            steps.append(f"re-segmentation [{lo}, {hi}]")
+        if self.outlier_sigma is not None:
+            steps.append(f"outliers beyond {self.outlier_sigma:g} SD removed")
+        if set(self.families) - {"morphology", "local_intensity", "statistics", "ivh"}:
+            steps.append(f"histogram and texture: {self.texture_discretisation.describe()}")
+        if "ivh" in self.families:
+            steps.append(f"intensity-volume histogram: {self.ivh_discretisation.describe()}")
+        steps.append("families " + ", ".join(self.families))
+        name = self.preset()
+        head = f"IBSI 1 configuration {name}" if name and name != "digital_phantom" else "IBSI 1 processing"
+        return f"{head}: {'; '.join(steps)}"
+
 
 IBSI_CONFIGURATIONS: dict[str, RadiomicsConfig] = {
     # Digital phantom: intensities are already grey levels 1..6 (fixed bin size 1 reproduces them).

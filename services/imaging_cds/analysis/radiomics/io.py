@@ -208,7 +208,20 @@ def rasterise_rtstruct(ds: pydicom.Dataset, image: ImageVolume, roi: str | None)
     return mask
 
 
+def _plane_position(fg: pydicom.Dataset, shared: pydicom.Dataset | None) -> pydicom.Dataset:
+    for group in (fg, shared):
+        if group is not None and "PlanePositionSequence" in group:
+            position: pydicom.Dataset = group.PlanePositionSequence[0]
+            return position
+    raise MaskError("a SEG frame has no PlanePositionSequence; cannot place it on the image")
+
+
 def seg_mask(ds: pydicom.Dataset, image: ImageVolume, roi: str | None) -> npt.NDArray[np.bool_]:
+    """The segment labelled or numbered ``roi`` (the only one when not given) of a DICOM SEG, on ``image``'s grid.
+
+    BINARY, FRACTIONAL (at least half the maximum fractional value) and LABELMAP segmentations; frames are placed
+    on image slices by their ImagePositionPatient, and must have the image's rows and columns.
+    """
     if image.affine is not None:
         raise MaskError("a DICOM SEG needs the DICOM image series it was drawn on, not a NIfTI image")
     segments = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
@@ -228,15 +241,33 @@ def seg_mask(ds: pydicom.Dataset, image: ImageVolume, roi: str | None) -> npt.ND
         raise MaskError(f"SEG frames are {frames.shape[1:]}, the image slices {image.array.shape[1:]}")
     mask = np.zeros(image.array.shape, dtype=bool)
     shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    if shared is not None and "PlaneOrientationSequence" in shared:
+        orient = np.asarray([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
+        if not np.allclose(orient, np.concatenate([image.row_cosines, image.column_cosines]), atol=1e-3):
+            raise MaskError("the SEG frames are oriented differently from the image slices")
+    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
     for i, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        seg_id = fg.SegmentIdentificationSequence[0] if "SegmentIdentificationSequence" in fg else None
-        if seg_id is None and shared is not None and "SegmentIdentificationSequence" in shared:
-            seg_id = shared.SegmentIdentificationSequence[0]
-        if seg_id is None or int(seg_id.ReferencedSegmentNumber) != number:
-            continue
-        pos = np.asarray([float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient])
+        if seg_type == "LABELMAP":
+            # One frame per position holds every segment: the pixel value is the segment number.
+            in_segment = frames[i] == number
+        else:
+            seg_id = fg.SegmentIdentificationSequence[0] if "SegmentIdentificationSequence" in fg else None
+            if seg_id is None and shared is not None and "SegmentIdentificationSequence" in shared:
+                seg_id = shared.SegmentIdentificationSequence[0]
+            if seg_id is None or int(seg_id.ReferencedSegmentNumber) != number:
+                continue
+            if seg_type == "FRACTIONAL":
+                # Probability or occupancy scaled to MaximumFractionalValue: in the ROI from one half up.
+                in_segment = frames[i] >= 0.5 * float(ds.get("MaximumFractionalValue", 255))
+            else:
+                in_segment = frames[i] > 0
+        pos = np.asarray([float(v) for v in _plane_position(fg, shared).ImagePositionPatient])
         k = _slice_index(image, float(pos @ image.normal), f"SEG frame {i + 1}")
-        mask[k] |= frames[i] > 0
+        offset = pos - (image.origin_lps_mm + (image.slice_positions[k] - image.slice_positions[0]) * image.normal)
+        _, sy, sx = image.spacing_mm
+        if abs(float(offset @ image.row_cosines)) > 0.5 * sx or abs(float(offset @ image.column_cosines)) > 0.5 * sy:
+            raise MaskError(f"SEG frame {i + 1} is shifted in-plane against the image slice it lies on")
+        mask[k] |= in_segment
     if not mask.any():
         raise MaskError(f"segment {roi or number} covers no voxel of the image")
     return mask
