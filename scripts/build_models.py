@@ -110,6 +110,8 @@ output [
 ]
 dynamic_batching {{
   max_queue_delay_microseconds: 2000
+  priority_levels: 2
+  default_priority_level: 2
 }}
 instance_group [
   {{

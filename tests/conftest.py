@@ -42,3 +42,14 @@ def service_env(sandbox: dict[str, str], **extra: str) -> dict[str, str]:
     env.update({k: v for k, v in sandbox.items() if k.startswith("IMAGING_CDS_")})
     env.update(extra)
     return env
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many FHIR resources passed both the R4 JSON schema and Medplum's validator in this run."""
+    from tests.fhir_validation import VALIDATED
+
+    if VALIDATED:
+        counts = ", ".join(f"{n} {rtype}" for rtype, n in sorted(VALIDATED.items()))
+        terminalreporter.write_line(
+            f"FHIR R4 validation (JSON schema + Medplum): {sum(VALIDATED.values())} resources passed ({counts})"
+        )

@@ -68,9 +68,15 @@ def store_files(pacs: PacsClient, files: list[Path], batch: int = 40) -> int:
 
 
 def create_study_in_ehr(
-    fhir: FhirClient, study_uid: str, dicomweb_url: str, n_instances: int, status: str = "available"
+    fhir: FhirClient,
+    study_uid: str,
+    dicomweb_url: str,
+    n_instances: int,
+    status: str = "available",
+    with_order: bool = False,
 ) -> dict[str, Any]:
-    """A synthetic Patient, the PACS Endpoint and an ImagingStudy pointing at both, as an EHR would hold them."""
+    """A synthetic Patient, the PACS Endpoint and an ImagingStudy pointing at both, as an EHR would hold them; with
+    ``with_order``, also the order (a CT chest ServiceRequest) the study is based on."""
     patient = fhir.create(
         {
             "resourceType": "Patient",
@@ -90,17 +96,27 @@ def create_study_in_ehr(
             "address": dicomweb_url,
         }
     )
-    study = fhir.create(
-        {
-            "resourceType": "ImagingStudy",
-            "status": status,
-            "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
-            "subject": {"reference": f"Patient/{patient['id']}"},
-            "endpoint": [{"reference": f"Endpoint/{endpoint['id']}"}],
-            "numberOfInstances": n_instances,
-        }
-    )
-    return study
+    study: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "status": status,
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+        "subject": {"reference": f"Patient/{patient['id']}"},
+        "endpoint": [{"reference": f"Endpoint/{endpoint['id']}"}],
+        "numberOfInstances": n_instances,
+    }
+    if with_order:
+        order = fhir.create(
+            {
+                "resourceType": "ServiceRequest",
+                "status": "active",
+                "intent": "order",
+                "priority": "routine",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
+                "subject": {"reference": f"Patient/{patient['id']}"},
+            }
+        )
+        study["basedOn"] = [{"reference": f"ServiceRequest/{order['id']}"}]
+    return fhir.create(study)
 
 
 class RedisProcess:

@@ -18,6 +18,7 @@ from typing import Any
 from imaging_cds import __version__
 from imaging_cds.analysis.radiomics import cli as radiomics_cli
 from imaging_cds.config import Settings
+from imaging_cds.deid import cli as deid_cli
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
 from imaging_cds.jobs.model import Job, JobState
@@ -85,11 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("models", help="the model manifests in the model repository")
-    p.add_argument("action", choices=("list",))
+    p.add_argument("action", choices=("list", "check"), help="list: the models; check: validate every model folder")
     p.add_argument("--model-repository", type=Path, default=None, help="default: IMAGING_CDS_MODEL_REPOSITORY")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_models)
     radiomics_cli.add_parser(sub)
+    deid_cli.add_parser(sub)
     return parser
 
 
@@ -162,12 +164,10 @@ def _worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     queue = queue_from_settings(settings)
     with (
-        FhirClient(settings.fhir_url, settings.http_timeout_s) as fhir,
-        PacsClient(
-            settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password, settings.http_timeout_s
-        ) as pacs,
+        FhirClient.from_settings(settings) as fhir,
+        PacsClient.from_settings(settings) as pacs,
     ):
-        backend = TritonBackend(settings.triton_grpc_url)
+        backend = TritonBackend.from_settings(settings)
         try:
             Worker(settings, queue, fhir, pacs, backend, model).run(stop)
         finally:
@@ -230,9 +230,34 @@ def _job_row(job: Job) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> int:
-    manifests: list[ModelManifest] = load_manifests(_model_repository(args))
+    from imaging_cds.inference.check import check_repository
+
+    repository = _model_repository(args)
+    if args.action == "check":
+        checks = check_repository(repository)
+        if args.json:
+            print(json.dumps([{"folder": str(c.folder), "ok": c.ok, "problems": list(c.problems)} for c in checks]))
+        else:
+            for c in checks:
+                print(f"{c.folder.name}: {'ok' if c.ok else 'PROBLEMS'}")
+                for problem in c.problems:
+                    print(f"  - {problem}")
+        if not checks:
+            print(f"error: no model folders in {repository}", file=sys.stderr)
+            return EXIT_ERROR
+        return EXIT_OK if all(c.ok for c in checks) else EXIT_ERROR
+    manifests: list[ModelManifest] = load_manifests(repository)
     rows = [
-        {"name": m.name, "version": m.version, "title": m.title, "task": m.task, "onnx": str(m.onnx_path)}
+        {
+            "name": m.name,
+            "version": m.version,
+            "title": m.title,
+            "task": m.task,
+            "triton_model": m.triton_model,
+            "triton_version": m.triton_version,
+            "max_batch_size": m.max_batch,
+            "onnx": str(m.onnx_path),
+        }
         for m in manifests
     ]
     if args.json:

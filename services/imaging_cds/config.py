@@ -22,8 +22,32 @@ class Settings:
     dicomweb_url: str = "http://127.0.0.1:8042/dicom-web"
     dicomweb_username: str = ""
     dicomweb_password: str = field(default="", repr=False)
+    # PACS auth: "" (basic when a username is set, else none), basic, bearer (a static token) or oauth2 (client
+    # credentials against the token URL); TLS trust (a CA bundle; verify off only for tests) and mutual TLS.
+    dicomweb_auth: str = ""
+    dicomweb_bearer_token: str = field(default="", repr=False)
+    dicomweb_oauth_token_url: str = ""
+    dicomweb_oauth_client_id: str = ""
+    dicomweb_oauth_client_secret: str = field(default="", repr=False)
+    dicomweb_oauth_scope: str = ""
+    dicomweb_ca_file: str = ""
+    dicomweb_tls_verify: bool = True
+    dicomweb_client_cert_file: str = ""
+    dicomweb_client_key_file: str = ""
+    dicomweb_connect_timeout_s: float = 5.0
+    dicomweb_retries: int = 3  # connection errors and 429/502/503/504 on GET, with backoff
     fhir_url: str = "http://127.0.0.1:8080/fhir"
     triton_grpc_url: str = "127.0.0.1:8001"
+    # Triton client (imaging_cds/inference/triton.py): request deadline, retries on UNAVAILABLE, requests in flight
+    # per worker, and TLS on the gRPC channel (CA, and a client certificate + key for mutual TLS; PEM files).
+    triton_timeout_s: float = 120.0
+    triton_retries: int = 3
+    triton_max_in_flight: int = 3
+    triton_request_bytes: int = 8 << 20
+    triton_tls: bool = False
+    triton_tls_ca_file: str = ""
+    triton_tls_cert_file: str = ""
+    triton_tls_key_file: str = ""
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     # Where the FHIR server reaches the gateway's webhook; the Subscription's channel endpoint.
     public_webhook_url: str = "http://127.0.0.1:8090/fhir/notify"
@@ -61,6 +85,19 @@ class Settings:
     retry_cap_s: float = 300.0
     stability_window_s: float = 30.0  # instance count unchanged this long = study complete (count unknown)
     max_wait_for_images_s: float = 21_600.0  # then an incomplete study is reported not analysable
+    # EHR authentication: "none", or "smart" (SMART Backend Services: client_credentials grant, the client
+    # authenticated by a JWT signed with its private key, RS384 for an RSA key or ES384 for an EC P-384 key).
+    fhir_auth: str = "none"
+    fhir_smart_client_id: str = ""
+    fhir_smart_private_key_file: str = ""  # PEM (PKCS#8 or traditional), unencrypted; mount it as a secret
+    fhir_smart_key_id: str = ""  # "kid" of the assertion; default: the key's RFC 7638 thumbprint
+    fhir_smart_algorithm: str = ""  # RS384 or ES384; default: from the key
+    fhir_smart_token_url: str = ""  # default: token_endpoint of {fhir_url}/.well-known/smart-configuration
+    # SMART v2 scopes, least privilege: read studies, orders and endpoints, write results, keep a Subscription.
+    fhir_smart_scope: str = (
+        "system/ImagingStudy.rs system/Endpoint.r system/ServiceRequest.r system/DiagnosticReport.crus "
+        "system/Observation.crus system/Device.crs system/Provenance.crs system/Subscription.cruds"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,8 +123,18 @@ class Settings:
         _one_of("LOG_LEVEL", settings.log_level.upper(), ("DEBUG", "INFO", "WARNING", "ERROR"))
         if bool(settings.grpc_tls_cert_file) != bool(settings.grpc_tls_key_file):
             raise ValueError("IMAGING_CDS_GRPC_TLS_CERT_FILE and IMAGING_CDS_GRPC_TLS_KEY_FILE go together")
+        if bool(settings.triton_tls_cert_file) != bool(settings.triton_tls_key_file):
+            raise ValueError("IMAGING_CDS_TRITON_TLS_CERT_FILE and IMAGING_CDS_TRITON_TLS_KEY_FILE go together")
         _one_of("SUBSCRIPTION_MODE", settings.subscription_mode, ("rest-hook", "backport", "none"))
         _one_of("BACKPORT_CONTENT", settings.backport_content, ("empty", "id-only", "full-resource"))
+        _one_of("FHIR_AUTH", settings.fhir_auth, ("none", "smart"))
+        if settings.fhir_auth == "smart" and not (
+            settings.fhir_smart_client_id and settings.fhir_smart_private_key_file
+        ):
+            raise ValueError(
+                "IMAGING_CDS_FHIR_AUTH=smart needs IMAGING_CDS_FHIR_SMART_CLIENT_ID and "
+                "IMAGING_CDS_FHIR_SMART_PRIVATE_KEY_FILE"
+            )
         if settings.subscription_mode == "backport" and not settings.subscription_topic:
             raise ValueError("IMAGING_CDS_SUBSCRIPTION_MODE=backport needs IMAGING_CDS_SUBSCRIPTION_TOPIC")
         return settings

@@ -13,12 +13,13 @@ class ImagingCdsError(Exception):
 
 
 class NotAnalyzableError(ImagingCdsError):
-    """The study cannot be analysed by the model; no report is written. Not retried."""
+    """The study cannot be analysed by the model. Not retried. ``then`` says what was charted instead: nothing, or
+    a cancelled report that tells the clinician why the AI did not run."""
 
-    def __init__(self, study_uid: str, reason: str) -> None:
+    def __init__(self, study_uid: str, reason: str, then: str = "no report written") -> None:
         self.study_uid = study_uid
         self.reason = reason
-        super().__init__(f"study {study_uid}: not analysable: {reason}; no report written")
+        super().__init__(f"study {study_uid}: not analysable: {reason}; {then}")
 
 
 class TransientError(ImagingCdsError):

@@ -6,6 +6,9 @@ Redis, Orthanc (DICOMweb), Triton and the FHIR server come from scripts/sandbox;
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from imaging_cds.config import Settings
@@ -28,6 +32,7 @@ from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 from imaging_cds.v1 import jobs_pb2, jobs_pb2_grpc
 from imaging_cds.worker.service import Worker
 from tests.conftest import service_env
+from tests.fhir_validation import assert_valid_r4
 from tests.services import create_study_in_ehr, free_port, imaging_cds_process, store_folder, wait_for
 
 pytestmark = pytest.mark.services
@@ -119,7 +124,7 @@ def charted(stack: Stack, chest_ct: SampleStudy) -> dict[str, Any]:
     """Store the chest CT in the PACS, announce it in the EHR, wait for the report in the chart."""
     store_folder(stack.pacs, chest_ct.study_dir)
     study = create_study_in_ehr(
-        stack.fhir, chest_ct.study_instance_uid, stack.settings.dicomweb_url, chest_ct.n_instances
+        stack.fhir, chest_ct.study_instance_uid, stack.settings.dicomweb_url, chest_ct.n_instances, with_order=True
     )
     subject = study["subject"]["reference"]
     reports = wait_for(
@@ -131,18 +136,30 @@ def charted(stack: Stack, chest_ct: SampleStudy) -> dict[str, Any]:
     return {"study": study, "subject": subject, "report": reports[0]}
 
 
+def chart_of(stack: Stack, subject: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """What an EHR shows for the patient, in one search: the reports and, included, their results by id."""
+    found = stack.fhir.search("DiagnosticReport", {"patient": subject, "_include": "DiagnosticReport:result"})
+    reports = [r for r in found if r["resourceType"] == "DiagnosticReport"]
+    results = {r["id"]: r for r in found if r["resourceType"] == "Observation"}
+    return reports, results
+
+
 def test_chest_ct_becomes_a_report_in_the_patients_chart(
     stack: Stack, chest_ct: SampleStudy, charted: dict[str, Any]
 ) -> None:
-    report = charted["report"]
+    (report,), results = chart_of(stack, charted["subject"])
+    assert report["id"] == charted["report"]["id"]
     assert report["status"] == "preliminary"
     assert report["code"]["coding"][0]["code"] == "18748-4"
+    assert report["meta"]["security"][0]["code"] == "AIAST"
     assert report["imagingStudy"][0]["reference"] == f"ImagingStudy/{charted['study']['id']}"
+    assert report["basedOn"] == charted["study"]["basedOn"]  # the order the study was done for
     observations = {}
     for ref in report["result"]:
-        obs = stack.fhir.read(ref["reference"])
-        assert obs is not None, ref
+        obs = results[ref["reference"].split("/")[-1]]
         observations[obs["code"]["coding"][0]["code"]] = obs
+        assert obs["derivedFrom"] == [{"reference": f"ImagingStudy/{charted['study']['id']}"}]
+        assert obs["bodySite"]["coding"][0]["code"] == "39607008" and obs["device"]["reference"].startswith("Device/")
     truth = chest_ct.ground_truth
     volume = observations["lung-volume"]["valueQuantity"]
     assert volume["code"] == "mL"
@@ -150,9 +167,36 @@ def test_chest_ct_becomes_a_report_in_the_patients_chart(
     laa = observations["laa-950"]["valueQuantity"]
     assert laa["code"] == "%"
     assert abs(laa["value"] - truth["laa950_percent"]) <= 1.0
-    assert observations["mean-lung-density"]["valueQuantity"]["code"] == "[hnsf'U]"
+    emphysema_expected = truth["laa950_percent"] >= 5.0
+    assert observations["laa-950"]["interpretation"][0]["coding"][0]["code"] == ("H" if emphysema_expected else "N")
+    mld = observations["mean-lung-density"]["valueQuantity"]
+    assert mld["code"] == "[hnsf'U]" and abs(mld["value"] - truth["mean_lung_density_hu"]) <= 10
+    assert abs(observations["p15-lung-density"]["valueQuantity"]["value"] - truth["p15_hu"]) <= 10
+    # The finding, with its size and location as components.
+    emphysema = observations["87433001"]
+    presence = emphysema["valueCodeableConcept"]["coding"][0]["display"]
+    assert presence == ("Present" if emphysema_expected else "Absent")
+    size = {c["code"]["coding"][0]["code"]: c for c in emphysema["component"]}
+    truth_laa_ml = truth["laa950_percent"] / 100 * truth["lung_volume_ml"]
+    assert abs(size["laa-950-volume"]["valueQuantity"]["value"] - truth_laa_ml) <= 0.1 * truth_laa_ml
+    assert {"363698007", "272741003"} <= set(size)  # finding site (lung zone) and laterality
+    assert f"{laa['value']:.1f} % of lung volume" in report["conclusion"]
+    assert ("conclusionCode" in report) is emphysema_expected
+    # The key image: a PNG of one CT slice, labelled, small enough for any EHR.
+    (image,) = [f for f in report["presentedForm"] if f["contentType"] == "image/png"]
+    png = base64.b64decode(image["data"])
+    decoded = Image.open(io.BytesIO(png))
+    decoded.load()
+    assert decoded.format == "PNG" and decoded.size == (512, 512) and len(png) < 300_000
+    assert image["title"].startswith("Key image: axial slice")
     device = stack.fhir.read(observations["lung-volume"]["device"]["reference"])
     assert device is not None and device["modelNumber"] == "lung-density"
+    assert {v["type"]["text"] for v in device["version"]} == {"algorithm", "triton-model-version"}
+    # The manifest's radiomics section: IBSI statistics and intensity histogram of the lung, one component each.
+    radiomics = observations["ibsi-radiomics"]
+    components = {c["code"]["coding"][0]["code"]: c for c in radiomics["component"]}
+    assert len(components) == 41 and radiomics["method"]["text"].startswith("IBSI 1 configuration C")
+    assert components["Q4LE"]["valueQuantity"]["code"] == "[hnsf'U]"
 
 
 def test_the_job_is_visible_over_grpc_and_a_duplicate_submit_names_it(stack: Stack, charted: dict[str, Any]) -> None:
@@ -183,10 +227,39 @@ def test_replayed_notification_creates_no_second_report(stack: Stack, charted: d
         Worker(stack.settings, queue, stack.fhir, stack.pacs, backend, model).process_study(charted["study"]["id"])
     finally:
         backend.close()
-    reports = stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})
-    assert len(reports) == 1
+    (report,) = stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})
+    assert report["meta"]["versionId"] == "1"
     observations = stack.fhir.search("Observation", {"subject": charted["subject"]})
-    assert len(observations) == 4
+    assert len(observations) == len(report["result"]) == 6  # measurements, the emphysema finding, radiomics
+
+
+def test_a_new_model_version_amends_the_report_and_keeps_its_history(stack: Stack, charted: dict[str, Any]) -> None:
+    model = load_manifest(stack.settings.model_repository / "lung-density")
+    newer = dataclasses.replace(model, version=f"{model.version}-amended")
+    queue = queue_from_settings(stack.settings)
+    backend = TritonBackend(stack.settings.triton_grpc_url)
+    try:
+        worker = Worker(stack.settings, queue, stack.fhir, stack.pacs, backend, newer)
+        outcome = worker.process_study(charted["study"]["id"])
+        again = worker.process_study(charted["study"]["id"])  # a replay of the new version changes nothing
+    finally:
+        backend.close()
+    first = charted["report"]
+    assert outcome.report_reference == again.report_reference == f"DiagnosticReport/{first['id']}"
+    (report,), results = chart_of(stack, charted["subject"])
+    assert report["id"] == first["id"] and report["identifier"] == first["identifier"]
+    assert report["status"] == "amended" and report["meta"]["tag"][0]["code"] == f"lung-density@{newer.version}"
+    assert sorted(r["reference"] for r in report["result"]) == sorted(r["reference"] for r in first["result"])
+    history = stack.fhir.history(f"DiagnosticReport/{first['id']}")
+    assert [h["status"] for h in history] == ["amended", "preliminary"]
+    for obs in results.values():
+        assert obs["status"] == "amended" and newer.version in obs["method"]["text"]
+        assert len(stack.fhir.history(f"Observation/{obs['id']}")) == 2
+    assert len(stack.fhir.search("Observation", {"subject": charted["subject"]})) == len(results)
+    device = stack.fhir.read(next(iter(results.values()))["device"]["reference"])
+    assert device is not None and newer.version in {v["value"] for v in device["version"]}
+    provenances = stack.fhir.search("Provenance", {"target": f"DiagnosticReport/{first['id']}"})
+    assert sorted(p["activity"]["coding"][0]["code"] for p in provenances) == ["CREATE", "UPDATE"]
 
 
 def test_the_same_dicom_study_under_another_patient_fails_visibly_and_writes_nothing(
@@ -216,7 +289,7 @@ def test_malformed_or_unauthenticated_notifications_enqueue_nothing(stack: Stack
     assert httpx.get(stack.webhook.replace("/fhir/notify", "/healthz")).status_code == 200
 
 
-def test_a_study_that_is_not_a_chest_ct_gets_a_reason_and_no_report(stack: Stack, tmp_path: Path) -> None:
+def test_a_study_that_is_not_a_chest_ct_gets_a_cancelled_report_that_says_why(stack: Stack, tmp_path: Path) -> None:
     head = Path(get_testdata_file("CT_small.dcm"))  # type: ignore[arg-type]
     mr = Path(get_testdata_file("MR_small.dcm"))  # type: ignore[arg-type]
     import pydicom
@@ -237,7 +310,12 @@ def test_a_study_that_is_not_a_chest_ct_gets_a_reason_and_no_report(stack: Stack
     final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=120))[-1]
     assert final.state == jobs_pb2.JOB_STATE_NOT_ANALYZABLE
     assert study_uid in final.outcome and "no series fits" in final.outcome and "MR" in final.outcome
-    assert stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]}) == []
+    (report,) = stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]})
+    assert f"cancelled report DiagnosticReport/{report['id']} written" in final.outcome
+    assert report["status"] == "cancelled" and "result" not in report
+    assert report["conclusion"].startswith("Not analysed: the AI (")
+    assert "no series fits" in report["conclusion"] and "MR" in report["conclusion"]
+    assert not [marker for marker in PHI_MARKERS if marker in json.dumps(report)]
 
 
 def test_grpc_rejects_bad_requests_with_proper_codes(stack: Stack) -> None:
@@ -257,3 +335,18 @@ def test_no_patient_identity_in_any_log(stack: Stack, charted: dict[str, Any]) -
         text = path.read_text(errors="replace")
         for marker in PHI_MARKERS:
             assert marker not in text, f"{marker!r} found in {path.name}"
+
+
+def test_every_resource_written_to_the_ehr_is_valid_r4(stack: Stack, charted: dict[str, Any]) -> None:
+    """Everything the services wrote to the FHIR server in this session (this module's tests and the e2e modules
+    before it), every stored version of every report included: R4 JSON schema and Medplum's validator."""
+    written: list[dict[str, Any]] = []
+    for rtype in ("DiagnosticReport", "Observation", "Device", "Provenance", "Subscription"):
+        written += list(stack.fhir.search_all(rtype, {"_count": "200"}))
+    reports = [r for r in written if r["resourceType"] == "DiagnosticReport"]
+    for report in reports:
+        written += stack.fhir.history(f"DiagnosticReport/{report['id']}")[1:]
+    kinds = {r["resourceType"] for r in written}
+    assert {"DiagnosticReport", "Observation", "Device", "Provenance", "Subscription"} <= kinds
+    assert {r["status"] for r in reports} >= {"amended", "cancelled"}
+    assert_valid_r4(written)

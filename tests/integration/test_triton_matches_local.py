@@ -1,4 +1,5 @@
-"""The same ONNX file gives the same output on Triton (gRPC) and in-process onnxruntime."""
+"""The same ONNX files give the same outputs on Triton (gRPC) and in-process onnxruntime: every model in
+``triton_repo/``, on batches longer than its max_batch_size, routine and STAT."""
 
 from __future__ import annotations
 
@@ -6,27 +7,60 @@ import numpy as np
 import pytest
 
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
+from imaging_cds.inference.backend import STAT_PRIORITY
+from imaging_cds.inference.check import check_repository
 from imaging_cds.inference.local import LocalOnnxBackend
-from imaging_cds.inference.manifest import load_manifest
+from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
 from imaging_cds.inference.triton import TritonBackend
 from imaging_cds.sample.synthetic_ct import make_chest_ct
 
 pytestmark = pytest.mark.services
 
+MODELS = load_manifests(DEFAULT_MODEL_REPOSITORY)
+_NUMPY = {"INT16": np.int16, "UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT32": np.int32}
 
-def test_lung_density_model_outputs_are_identical_on_triton_and_locally(sandbox: dict[str, str]) -> None:
+
+def model_input(model: ModelManifest, n_slices: int) -> np.ndarray:
+    """A chest CT in HU as the model's input datatype (slices, rows, columns)."""
+    hu, _labels, _spacing = make_chest_ct(seed=2, n_slices=max(n_slices, 40))
+    return np.ascontiguousarray(hu[:n_slices].astype(_NUMPY[model.input.datatype]))
+
+
+def test_every_committed_model_passes_the_check() -> None:
+    assert MODELS
+    assert [c.problems for c in check_repository(DEFAULT_MODEL_REPOSITORY) if not c.ok] == []
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
+def test_model_outputs_are_identical_on_triton_and_locally(sandbox: dict[str, str], model: ModelManifest) -> None:
+    batch = model_input(model, model.max_batch + 7)  # two requests on Triton, two runs locally
+    triton = TritonBackend(sandbox["IMAGING_CDS_TRITON_GRPC_URL"])
+    local = LocalOnnxBackend()
+    try:
+        assert triton.served_version(model) == model.triton_version
+        here = local.infer(model, batch)
+        for priority in (0, STAT_PRIORITY):
+            remote = triton.infer(model, batch, priority=priority)
+            assert remote.dtype == here.dtype
+            assert remote.shape == here.shape and remote.shape[0] == len(batch)
+            np.testing.assert_array_equal(remote, here)
+        assert np.unique(here).size > 1  # the comparison is about real outputs, not a constant
+    finally:
+        triton.close()
+
+
+def test_lung_density_masks_are_identical_slab_by_slab(sandbox: dict[str, str]) -> None:
     model = load_manifest(DEFAULT_MODEL_REPOSITORY / "lung-density")
     hu, _labels, _spacing = make_chest_ct(seed=2, n_slices=120)
     triton = TritonBackend(sandbox["IMAGING_CDS_TRITON_GRPC_URL"])
     local = LocalOnnxBackend()
     try:
-        assert triton.served_version(model) == "1"
         for start in (0, 40, 80):
             slab = np.ascontiguousarray(hu[start : start + 40])
             remote, here = triton.infer(model, slab), local.infer(model, slab)
             assert remote.dtype == here.dtype == np.uint8
             assert remote.shape == slab.shape
             np.testing.assert_array_equal(remote, here)
-            assert 0 < int(here.sum()) < here.size  # the comparison is about real lung masks, not all-zero output
+            assert 0 < int(here.sum()) < here.size
     finally:
         triton.close()

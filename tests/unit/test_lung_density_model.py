@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from imaging_cds.analysis.lung_density import (
+    KEY_IMAGE_MAX_BYTES,
     NoLungFoundError,
     extract_lungs,
     key_image_slice,
@@ -166,7 +167,7 @@ def test_empty_mask_raises_a_named_error() -> None:
         key_image_slice(mask)
 
 
-def test_key_image_is_the_largest_lung_slice_as_png() -> None:
+def test_key_image_is_the_largest_lung_slice_as_a_small_labelled_png() -> None:
     hu, labels, _ = make_chest_ct(0, n_slices=40)
     lungs = np.isin(labels, LUNG_LABELS)
 
@@ -175,8 +176,32 @@ def test_key_image_is_the_largest_lung_slice_as_png() -> None:
 
     assert index == int(np.argmax(lungs.sum(axis=(1, 2))))
     assert png == render_key_image(hu[index], lungs[index])
+    assert len(png) < KEY_IMAGE_MAX_BYTES
     image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG" and image.mode == "RGB" and image.size == (512, 512)
+    assert image.format == "PNG" and image.mode == "P" and image.size == (512, 512)
+    pixels = np.asarray(image.convert("RGB"))
+    # "AI result - not for diagnosis" is burned in, white on a dark box, in the top left corner (air, not lung).
+    corner = pixels[:24, :200]
+    assert (corner.min(axis=2) > 240).sum() > 150 and (corner.max(axis=2) < 30).sum() > 1500
+    assert not lungs[index][:24, :200].any()
+
+
+def test_the_most_informative_slice_is_where_the_low_attenuation_lung_is() -> None:
+    hu, labels, _ = make_chest_ct(0, n_slices=40)
+    lungs = np.isin(labels, LUNG_LABELS)
+    laa_per_slice = (lungs & (hu < -950)).sum(axis=(1, 2))
+
+    assert key_image_slice(lungs, hu) == int(np.argmax(laa_per_slice))
+    assert key_image_slice(lungs, np.zeros_like(hu)) == key_image_slice(lungs)  # no LAA: the largest lung area
+
+
+def test_a_key_image_over_the_size_limit_is_scaled_down_until_it_fits() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(-1000, 400, size=(1024, 1024)).astype(np.int16)  # incompressible
+    png = render_key_image(noise, np.zeros(noise.shape, dtype=bool), max_bytes=300_000)
+
+    image = Image.open(io.BytesIO(png))
+    assert len(png) <= 300_000 and image.width < 1024 and image.width == image.height
 
 
 def test_key_image_tints_low_attenuation_lung() -> None:
@@ -184,7 +209,7 @@ def test_key_image_tints_low_attenuation_lung() -> None:
     index = int(np.argmax((labels == Label.EMPHYSEMA).sum(axis=(1, 2))))
     lungs = np.isin(labels[index], LUNG_LABELS)
 
-    pixels = np.asarray(Image.open(io.BytesIO(render_key_image(hu[index], lungs))))
+    pixels = np.asarray(Image.open(io.BytesIO(render_key_image(hu[index], lungs))).convert("RGB"))
 
     laa = (labels[index] == Label.EMPHYSEMA) & (hu[index] < -950)
     normal = (labels[index] == Label.LUNG_PARENCHYMA) & (hu[index] > -900)

@@ -90,3 +90,121 @@ def test_analyze_output_and_bundle_carry_no_patient_identity(sample: SampleStudy
     for name, text in texts.items():
         for marker in PHI_MARKERS:
             assert marker not in text, f"{marker!r} in {name}"
+
+
+class _RecordingTriton:
+    """A gRPC server speaking Triton's KServe v2 protocol that keeps the raw bytes of every request it receives."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from tritonclient.grpc import service_pb2
+
+        self.received: list[bytes] = []
+        self._pb = service_pb2
+
+        def model_infer(raw: bytes, context: object) -> bytes:
+            self.received.append(raw)
+            request = service_pb2.ModelInferRequest.FromString(raw)
+            shape = list(request.inputs[0].shape)
+            response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1")
+            output = response.outputs.add(name="lung_candidate", datatype="UINT8", shape=shape)
+            del output  # the values travel in raw_output_contents
+            response.raw_output_contents.append(bytes(int(np.prod(shape))))
+            return bytes(response.SerializeToString())
+
+        def model_ready(raw: bytes, context: object) -> bytes:
+            self.received.append(raw)
+            return bytes(service_pb2.ModelReadyResponse(ready=True).SerializeToString())
+
+        handlers = {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer),  # no deserializer: raw bytes in
+            "ModelReady": grpc.unary_unary_rpc_method_handler(model_ready),
+        }
+        limit = 64 * 1024 * 1024  # as Triton's own server: slabs of 512x512 slices are megabytes
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+def test_the_bytes_sent_to_triton_are_pixels_and_tensor_names_only(sample: SampleStudy) -> None:
+    """The real pipeline (files -> decode -> slabs -> TritonBackend) against a server that records the wire bytes."""
+    from dataclasses import replace
+
+    from imaging_cds.imaging.files import FileStream
+    from imaging_cds.inference.triton import TritonBackend
+    from imaging_cds.worker.pipeline import infer_streamed
+    from imaging_cds.worker.timing import StageTimer
+
+    model = load_manifest(DEFAULT_MODEL_REPOSITORY / "lung-density")
+    model = replace(model, selection=replace(model.selection, quality=replace(model.selection.quality, min_slices=1)))
+    files = sorted(sample.study_dir.rglob("*.dcm"))[:40]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    triton = _RecordingTriton()
+    backend = TritonBackend(f"127.0.0.1:{triton.port}")
+    try:
+        assert backend.served_version(model) == "1"
+        volume, output = infer_streamed(
+            sample.study_instance_uid,
+            sample.series_instance_uid,
+            FileStream(sample.study_instance_uid, files),
+            model,
+            backend,
+            StageTimer(),
+            slab=16,
+        )
+    finally:
+        backend.close()
+        triton.stop()
+    assert output.shape == volume.hu.shape
+    infer_requests = [r for r in triton.received if b"ct_hu" in r]
+    assert len(infer_requests) == 3  # 16 + 16 + 8 slices
+    identity: list[str] = list(PHI_MARKERS)
+    for ds in headers:
+        identity += [str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
+        identity += [str(ds.get(k, "")) for k in ("AccessionNumber", "StudyDate", "StudyTime") if ds.get(k)]
+    sent_slices = set()
+    for raw in triton.received:
+        for marker in identity:  # as text, and as UTF-16 as some encoders write it
+            assert marker.encode() not in raw and marker.encode("utf-16-le") not in raw
+        from tritonclient.grpc import service_pb2
+
+        request = service_pb2.ModelInferRequest.FromString(raw) if b"ct_hu" in raw else None
+        if request is None:
+            continue
+        pixels = request.raw_input_contents[0]
+        assert request.inputs[0].datatype == "INT16"
+        n = int(request.inputs[0].shape[0])
+        assert len(pixels) == n * 512 * 512 * 2  # nothing appended to the pixels
+        slab = np.frombuffer(pixels, dtype=np.int16).reshape(n, 512, 512)
+        sent_slices |= {slab[k].tobytes() for k in range(n)}
+        del request.raw_input_contents[:]
+        assert set(str(request).split()) <= {
+            "model_name:",
+            '"lung-density"',
+            "model_version:",
+            '"1"',
+            "inputs",
+            "outputs",
+            "{",
+            "}",
+            "name:",
+            '"ct_hu"',
+            "datatype:",
+            '"INT16"',
+            "shape:",
+            "512",
+            str(n),
+            '"lung_candidate"',
+        }
+    assert sent_slices == {volume.hu[k].tobytes() for k in range(volume.hu.shape[0])}  # the HU pixels, exactly

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 __all__ = [
+    "KEY_IMAGE_LABEL",
+    "KEY_IMAGE_MAX_BYTES",
     "LAA_THRESHOLD_HU",
     "MIN_LUNG_VOLUME_ML",
     "LungDensityMeasures",
@@ -66,6 +68,18 @@ LUNG_WINDOW_WIDTH_HU = 1500.0
 OUTLINE_RGB = (0, 200, 255)
 LAA_TINT_RGB = (255, 170, 0)
 LAA_TINT_ALPHA = 0.6
+KEY_IMAGE_LABEL = "AI result - not for diagnosis"
+KEY_IMAGE_MAX_BYTES = 300_000
+"""The key image travels base64 inside the DiagnosticReport; EHRs cap attachment sizes, so it stays below this."""
+# The key image is an 8-bit indexed PNG (a third of an RGB one's size on noisy CT): 192 gray levels, 48 levels of
+# amber-tinted gray, the outline colour, and the label's background with four anti-aliasing steps to white text.
+_GRAY_LEVELS = 192
+_TINT_LEVELS = 48
+_OUTLINE_INDEX = _GRAY_LEVELS + _TINT_LEVELS
+_LABEL_BACKGROUND_INDEX = _OUTLINE_INDEX + 1
+_LABEL_STEPS = 4
+_LABEL_BACKGROUND_RGB = (16, 16, 16)
+_LABEL_TEXT_RGB = (255, 255, 255)
 
 _IN_PLANE_CROSS = np.array(
     [np.zeros((3, 3), dtype=bool), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3), dtype=bool)], dtype=bool
@@ -373,33 +387,102 @@ def _histogram_measures(values: npt.NDArray[np.generic]) -> tuple[float, float, 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def key_image_slice(lung_mask: BoolVolume) -> int:
-    """Index along z of the axial slice with the largest lung area."""
+def key_image_slice(
+    lung_mask: BoolVolume, hu: npt.NDArray[np.generic] | None = None, laa_threshold: float = LAA_THRESHOLD_HU
+) -> int:
+    """Index along z of the most informative axial slice.
+
+    Without ``hu``: the slice with the largest lung area. With ``hu`` (same ``(z, y, x)`` shape): the slice with the
+    most lung voxels below ``laa_threshold`` HU, where the low attenuation is, falling back to the largest lung area
+    when there is none.
+    """
     areas = np.count_nonzero(lung_mask, axis=(1, 2))
     if areas.size == 0 or int(areas.max()) == 0:
         raise NoLungFoundError("expected a lung mask with at least one lung voxel, found an empty mask")
+    if hu is not None:
+        laa = np.count_nonzero(np.asarray(lung_mask, dtype=bool) & (np.asarray(hu) < laa_threshold), axis=(1, 2))
+        if int(laa.max()) > 0:
+            return int(np.argmax(laa))
     return int(np.argmax(areas))
 
 
 def render_key_image(
-    hu_slice: npt.NDArray[np.generic], mask_slice: npt.NDArray[np.bool_], laa_threshold: float = LAA_THRESHOLD_HU
+    hu_slice: npt.NDArray[np.generic],
+    mask_slice: npt.NDArray[np.bool_],
+    laa_threshold: float = LAA_THRESHOLD_HU,
+    max_bytes: int = KEY_IMAGE_MAX_BYTES,
 ) -> bytes:
-    """A PNG of one axial slice ``(y, x)``: lung window (W1500/L-600) grayscale, lung outline, LAA voxels tinted.
+    """A PNG of one axial slice ``(y, x)`` (rows, columns), one image pixel per CT pixel, for a clinician's eyes.
 
-    The outline is drawn in cyan, lung voxels below ``laa_threshold`` HU are tinted amber. No text is burned in.
+    Lung window (W1500/L-600) grayscale; the lung outline in cyan; lung voxels below ``laa_threshold`` HU tinted
+    amber; ``KEY_IMAGE_LABEL`` burned in at the top left and a legend (window, colours) at the bottom left, over the
+    air around the patient. An 8-bit indexed PNG, normally ``columns x rows`` pixels; should it still exceed
+    ``max_bytes`` (very large matrices), it is scaled down until it fits.
     """
     if hu_slice.shape != mask_slice.shape or hu_slice.ndim != 2:
         raise ValueError(f"hu_slice {hu_slice.shape} and mask_slice {mask_slice.shape} must be one (y, x) shape")
     low = LUNG_WINDOW_LEVEL_HU - LUNG_WINDOW_WIDTH_HU / 2.0
     hu = np.asarray(hu_slice, dtype=np.float32)
-    gray = np.clip((hu - low) * np.float32(255.0 / LUNG_WINDOW_WIDTH_HU), 0.0, 255.0)
-    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    gray = np.clip((hu - low) / np.float32(LUNG_WINDOW_WIDTH_HU), 0.0, 1.0)
+    index = np.rint(gray * (_GRAY_LEVELS - 1)).astype(np.uint8)
     mask = np.asarray(mask_slice, dtype=bool)
     laa = mask & (hu < laa_threshold)
-    rgb[laa] = (1.0 - LAA_TINT_ALPHA) * rgb[laa] + LAA_TINT_ALPHA * np.array(LAA_TINT_RGB, dtype=np.float32)
+    index[laa] = _GRAY_LEVELS + np.rint(gray[laa] * (_TINT_LEVELS - 1)).astype(np.uint8)
     outline = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool), border_value=0)
-    rgb[outline] = np.array(OUTLINE_RGB, dtype=np.float32)
-    image = Image.fromarray(np.rint(rgb).astype(np.uint8))  # (y, x, 3) uint8 -> RGB
+    index[outline] = _OUTLINE_INDEX
+    legend = (
+        f"Lung window W{LUNG_WINDOW_WIDTH_HU:g} L{LUNG_WINDOW_LEVEL_HU:g} | cyan: lung outline | "
+        f"amber: below {laa_threshold:g} HU"
+    )
+    _burn_label(index, KEY_IMAGE_LABEL, top=True)
+    _burn_label(index, legend, top=False)
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(_key_image_palette())
+    png = _png(image)
+    while len(png) > max_bytes and min(image.size) > 64:
+        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.NEAREST)
+        png = _png(image)
+    return png
+
+
+def _key_image_palette() -> list[int]:
+    """The indexed image's colours as a flat [r, g, b, r, g, b, ...] list (see ``_GRAY_LEVELS`` and after)."""
+    colours: list[tuple[float, float, float]] = []
+    for i in range(_GRAY_LEVELS):
+        g = 255.0 * i / (_GRAY_LEVELS - 1)
+        colours.append((g, g, g))
+    for i in range(_TINT_LEVELS):
+        g = 255.0 * i / (_TINT_LEVELS - 1)
+        r, gr, b = ((1.0 - LAA_TINT_ALPHA) * g + LAA_TINT_ALPHA * c for c in LAA_TINT_RGB)
+        colours.append((r, gr, b))
+    colours.append(OUTLINE_RGB)
+    for step in range(_LABEL_STEPS + 1):
+        t = step / _LABEL_STEPS
+        r, gr, b = ((1.0 - t) * k + t * w for k, w in zip(_LABEL_BACKGROUND_RGB, _LABEL_TEXT_RGB, strict=True))
+        colours.append((r, gr, b))
+    return [round(channel) for colour in colours for channel in colour]
+
+
+def _burn_label(index: npt.NDArray[np.uint8], text: str, top: bool) -> None:
+    """Write ``text`` in white on a dark box into the indexed image, at its top or bottom left corner."""
+    rows, columns = index.shape
+    size = max(8, round(columns / 36))
+    font = ImageFont.load_default(size=size)
+    left, upper, right, lower = font.getbbox(text)
+    while right - left > columns - 4 and size > 6:  # small matrices: a smaller font, so the label stays whole
+        size -= 1
+        font = ImageFont.load_default(size=size)
+        left, upper, right, lower = font.getbbox(text)
+    pad = max(2, size // 4)
+    width, height = min(columns, right - left + 2 * pad), min(rows, lower - upper + 2 * pad)
+    text_mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(text_mask).text((pad - left, pad - upper), text, fill=255, font=font)
+    steps = np.rint(np.asarray(text_mask, dtype=np.float32) * (_LABEL_STEPS / 255.0)).astype(np.uint8)
+    y0 = 0 if top else rows - height
+    index[y0 : y0 + height, :width] = _LABEL_BACKGROUND_INDEX + steps
+
+
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

@@ -20,6 +20,12 @@ DICOM_UID = "urn:dicom:uid"
 URN_IETF_RFC_3986 = "urn:ietf:rfc:3986"
 MEASURE_SYSTEM = "https://github.com/imaging-cds/imaging-cds/fhir/CodeSystem/quantitative-imaging"
 DEVICE_TYPE_SYSTEM = "https://github.com/imaging-cds/imaging-cds/fhir/CodeSystem/device-type"
+# Image Biomarker Standardisation Initiative (IBSI 1): feature and aggregation identifiers (4 characters). The IBSI
+# publishes no FHIR code system; this is the URL of its site for the IBSI 1 reference manual.
+IBSI = "https://theibsi.github.io/ibsi1/"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+# Extension on an Observation component: the IBSI texture aggregation method the feature was computed with.
+IBSI_AGGREGATION_EXTENSION = "https://github.com/imaging-cds/imaging-cds/fhir/StructureDefinition/ibsi-aggregation"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ PULMONARY_EMPHYSEMA = Code(SNOMED, "87433001", "Pulmonary emphysema")
 INTERPRETATION_HIGH = Code(V3_INTERPRETATION, "H", "High")
 INTERPRETATION_NORMAL = Code(V3_INTERPRETATION, "N", "Normal")
 DEVICE_TYPE_AI = Code(DEVICE_TYPE_SYSTEM, "ai-algorithm", "Image analysis algorithm")
+RADIOMICS_FEATURES = Code(MEASURE_SYSTEM, "ibsi-radiomics", "Radiomics features of a region (IBSI 1)")
+NOT_A_NUMBER = Code(DATA_ABSENT_REASON, "not-a-number", "Not a Number (NaN)")
 
 MILLILITRE = Unit("mL", "mL")
 PERCENT = Unit("%", "%")
@@ -87,3 +95,33 @@ P15_DENSITY = Measure(
 
 # LAA-950 at or above 5 % of lung volume is the usual threshold for CT emphysema in COPD cohorts (COPDGene).
 LAA950_EMPHYSEMA_THRESHOLD_PERCENT = 5.0
+
+# -- Findings with a size and a location (Observation.component), report versions, provenance --------------------
+# Lung zones are thirds of the lungs' craniocaudal extent, not anatomical lobes: no SNOMED CT or RadLex concept means
+# exactly that, so they are the project's own codes.
+LUNG_ZONE_SYSTEM = "https://github.com/imaging-cds/imaging-cds/fhir/CodeSystem/lung-zone"
+# meta.tag on a DiagnosticReport: "<model>@<version>" that wrote it. Read back to tell a replay (same version: nothing
+# to write) from a re-run with a new model version (an amendment).
+RESULT_VERSION_SYSTEM = "https://github.com/imaging-cds/imaging-cds/fhir/CodeSystem/result-version"
+V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PROVENANCE_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+PRESENT = Code(SNOMED, "52101004", "Present")
+ABSENT = Code(SNOMED, "2667000", "Absent")
+FINDING_SITE = Code(SNOMED, "363698007", "Finding site")
+LATERALITY = Code(SNOMED, "272741003", "Laterality")
+RIGHT = Code(SNOMED, "24028007", "Right")
+LEFT = Code(SNOMED, "7771000", "Left")
+RIGHT_AND_LEFT = Code(SNOMED, "51440002", "Right and left")
+INTERPRETATION_ABNORMAL = Code(V3_INTERPRETATION, "A", "Abnormal")
+LAA950_VOLUME = Code(MEASURE_SYSTEM, "laa-950-volume", "Volume of lung below -950 HU (LAA-950 volume)")
+UPPER_ZONE = Code(LUNG_ZONE_SYSTEM, "upper", "Upper lung zone predominant")
+MIDDLE_ZONE = Code(LUNG_ZONE_SYSTEM, "middle", "Middle lung zone predominant")
+LOWER_ZONE = Code(LUNG_ZONE_SYSTEM, "lower", "Lower lung zone predominant")
+NO_ZONE_PREDOMINANCE = Code(LUNG_ZONE_SYSTEM, "diffuse", "No zonal predominance")
+OPERATION_CREATE = Code(V3_DATA_OPERATION, "CREATE", "create")
+OPERATION_UPDATE = Code(V3_DATA_OPERATION, "UPDATE", "revise")
+ASSEMBLER = Code(PROVENANCE_PARTICIPANT_TYPE, "assembler", "Assembler")
+
+# The finding keys in identifiers (stable across model versions, like Measure.key).
+EMPHYSEMA_FINDING_KEY = "emphysema"

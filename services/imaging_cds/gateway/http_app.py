@@ -141,9 +141,12 @@ class OrderLookup:
     A lookup that fails or times out leaves the study routine (logged): priority must not cost a notification.
     """
 
-    def __init__(self, fhir_url: str, timeout_s: float = 2.0) -> None:
+    def __init__(self, fhir_url: str, timeout_s: float = 2.0, auth: httpx.Auth | None = None) -> None:
         self._http = httpx.AsyncClient(
-            base_url=fhir_url.rstrip("/") + "/", timeout=timeout_s, headers={"Accept": "application/fhir+json"}
+            base_url=fhir_url.rstrip("/") + "/",
+            timeout=timeout_s,
+            headers={"Accept": "application/fhir+json"},
+            auth=auth,
         )
 
     async def fetch(self, references: tuple[str, ...]) -> list[dict[str, Any]]:

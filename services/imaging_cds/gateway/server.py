@@ -27,7 +27,7 @@ def run_gateway(settings: Settings) -> None:
     queue = queue_from_settings(settings)
     queue.ensure_group()
     stop = threading.Event()
-    fhir = FhirClient(settings.fhir_url, settings.http_timeout_s)
+    fhir = FhirClient.from_settings(settings)
     reconciler = Reconciler(fhir, queue, queue.redis, settings.queue_prefix, settings.poll_lookback_s)
     polling_only = settings.subscription_mode == "none"
     interval = settings.poll_only_interval_s if polling_only else settings.poll_interval_s
@@ -64,7 +64,7 @@ def run_gateway(settings: Settings) -> None:
         settings.max_body_bytes,
         EventCounter(queue.redis, settings.queue_prefix),
         reconciler.wake.set,
-        OrderLookup(settings.fhir_url),
+        OrderLookup(settings.fhir_url, auth=fhir.auth),
     )
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False)

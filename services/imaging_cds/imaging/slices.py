@@ -14,7 +14,7 @@ import pydicom
 
 from imaging_cds.errors import NotAnalyzableError
 
-HU_MIN, HU_MAX = -1024, 3071
+HU_MIN, HU_MAX = -1024, 3071  # the int16 HU scale every volume is clipped to
 
 
 @dataclass(frozen=True)
@@ -34,40 +34,26 @@ class CtSlice:
     hu: np.ndarray
 
 
-def decode_ct_slice(ds: pydicom.Dataset, study_uid: str) -> CtSlice:
-    """Geometry and HU pixels of one CT instance; NotAnalyzableError when it is not a usable CT image."""
-    sop_uid = str(ds.get("SOPInstanceUID", ""))
-    where = f"instance {sop_uid or '(no SOP Instance UID)'}"
-    if str(ds.get("Modality", "")).upper() != "CT":
-        raise NotAnalyzableError(study_uid, f"{where}: modality {ds.get('Modality', 'missing')}, expected CT")
-    missing = [
-        k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "PixelData") if k not in ds
-    ]
-    if missing:
-        raise NotAnalyzableError(study_uid, f"{where}: missing {', '.join(missing)}")
-    try:
-        stored = ds.pixel_array
-    except Exception as err:  # pydicom raises many types for broken or undecodable pixel data
-        raise NotAnalyzableError(study_uid, f"{where}: pixel data cannot be decoded ({err})") from err
-    if stored.ndim != 2:
-        raise NotAnalyzableError(study_uid, f"{where}: expected one 2-D frame, found shape {stored.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope == 1.0 and intercept.is_integer():
-        hu = stored.astype(np.int32) + int(intercept)
-    else:
-        hu = np.rint(stored.astype(np.float32) * slope + intercept)
+def decode_ct_slice(ds: pydicom.Dataset | bytes | bytearray | memoryview, study_uid: str) -> CtSlice:
+    """Geometry and HU pixels of one single-frame CT instance; NotAnalyzableError when it is not a usable CT image.
+
+    The same conversion as the streaming path (``imaging.decode``), for one image: rescale applied, padding set
+    to -1024 HU, values clipped to [-1024, 3071].
+    """
+    from imaging_cds.imaging.decode import SeriesDecoder
+    from imaging_cds.imaging.volume import VolumeBuilder
+
+    builder = VolumeBuilder(study_uid, "", 1)
+    decoder = SeriesDecoder(builder)
+    decoder.add(ds)
+    decoder.close()
+    if builder.reserved != 1 or builder.buffer is None:
+        raise NotAnalyzableError(study_uid, f"expected one image, found {builder.reserved}")
+    facts = builder.facts(0)
     return CtSlice(
-        sop_uid=sop_uid,
-        position_lps_mm=_floats(ds.ImagePositionPatient, 3),  # type: ignore[arg-type]
-        orientation=_floats(ds.ImageOrientationPatient, 6),  # type: ignore[arg-type]
-        pixel_spacing_mm=_floats(ds.PixelSpacing, 2),  # type: ignore[arg-type]
-        hu=np.clip(hu, HU_MIN, HU_MAX).astype(np.int16),
+        sop_uid=facts.key,
+        position_lps_mm=facts.position_lps_mm,
+        orientation=facts.orientation,
+        pixel_spacing_mm=facts.pixel_spacing_mm,
+        hu=builder.buffer[0].copy(),
     )
-
-
-def _floats(value: object, n: int) -> tuple[float, ...]:
-    items = [float(v) for v in value]  # type: ignore[attr-defined]
-    if len(items) != n:
-        raise ValueError(f"expected {n} numbers, found {len(items)}")
-    return tuple(items)

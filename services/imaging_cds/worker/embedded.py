@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,12 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from imaging_cds.dicomweb.client import SeriesSummary
 from imaging_cds.dicomweb.selection import select_series
+from imaging_cds.dicomweb.series import SeriesSummary, orientation_name, split_multi_value
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.fhir.report import StudyContext, build_report_bundle
+from imaging_cds.imaging.files import FileStream
+from imaging_cds.imaging.instance import frame_geometries
 from imaging_cds.inference.backend import InferenceBackend
 from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.worker.pipeline import SeriesAnalysis, analyze_series
@@ -63,16 +64,7 @@ def scan_study(folder: Path) -> LocalStudy:
         raise NotAnalyzableError(
             sorted(studies)[0], f"{folder} holds {len(studies)} studies; analyze one study folder at a time"
         )
-    summaries = [
-        SeriesSummary(
-            series_uid=uid,
-            modality=str(ds.get("Modality", "")),
-            body_part=str(ds.get("BodyPartExamined", "")),
-            description=str(ds.get("SeriesDescription", "")),
-            n_instances=len(series[uid]),
-        )
-        for uid, ds in headers.items()
-    ]
+    summaries = [_summary(uid, ds, len(series[uid])) for uid, ds in headers.items()]
     return LocalStudy(study_uid=studies.pop(), series=dict(series), summaries=summaries)
 
 
@@ -92,7 +84,7 @@ def analyze_folder(
     analysis = analyze_series(
         study.study_uid,
         chosen.series_uid,
-        _read(study.study_uid, study.series[chosen.series_uid]),
+        FileStream(study.study_uid, study.series[chosen.series_uid], chosen.frames_per_instance),
         model,
         backend,
         timer,
@@ -134,9 +126,22 @@ def result_summary(result: AnalyzeResult) -> dict[str, Any]:
     }
 
 
-def _read(study_uid: str, paths: list[Path]) -> Iterator[pydicom.Dataset]:
-    for path in paths:
-        try:
-            yield pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as err:
-            raise NotAnalyzableError(study_uid, f"{path.name}: unreadable DICOM ({err})") from err
+def _summary(series_uid: str, ds: pydicom.Dataset, n_files: int) -> SeriesSummary:
+    """What series rules look at, from one file's header (the series' first)."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    orientation = ds.get("ImageOrientationPatient")
+    if orientation is None:  # enhanced images keep it in the functional groups
+        geometry = frame_geometries(ds, 1)
+        orientation = geometry[0].orientation if geometry else None
+    thickness = ds.get("SliceThickness")
+    return SeriesSummary(
+        series_uid=series_uid,
+        modality=str(ds.get("Modality", "")),
+        body_part=str(ds.get("BodyPartExamined", "")),
+        description=str(ds.get("SeriesDescription", "")),
+        n_instances=n_files,
+        image_type=split_multi_value(ds.get("ImageType")),
+        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+        orientation=orientation_name([float(v) for v in orientation] if orientation else None),
+        frames_per_instance=frames,
+    )

@@ -1,11 +1,13 @@
 """The analysis pipeline, shared by the worker service and the embedded ``imaging-cds analyze``.
 
-    instances -> decode (HU, geometry only) -> infer in slabs -> assemble + geometry checks
-              -> post-process (model-specific findings) -> FHIR Bundle
+    instances (WADO-RS parts or files, as bytes) -> decode into the preallocated volume (HU, geometry only)
+        -> infer each slab as soon as its slices are in -> order, canonical frame, quality checks
+        -> post-process (model-specific findings) -> FHIR Bundle
 
 Decoding and inference overlap with retrieval: the lung-density model works slice by slice, so each slab of
 slices goes to the inference backend as soon as it has arrived, while the rest of the series still streams in.
-Only pixel arrays reach the backend.
+A slab is a view of the volume array (no copy); only pixel arrays reach the backend. The model's output is
+written into one preallocated array slot by slot and ordered with the volume at the end.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 
 from imaging_cds.analysis.findings import ANALYZERS
-from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.fhir.report import Algorithm, Findings
-from imaging_cds.imaging.slices import CtSlice, decode_ct_slice
-from imaging_cds.imaging.volume import CtVolume, assemble_volume
+from imaging_cds.imaging.decode import Instance, SeriesDecoder, shared_pool
+from imaging_cds.imaging.volume import CtVolume, VolumeBuilder
 from imaging_cds.inference.backend import InferenceBackend
 from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.worker.timing import StageTimer
@@ -37,16 +37,19 @@ class SeriesAnalysis:
 def analyze_series(
     study_uid: str,
     series_uid: str,
-    instances: Iterable[pydicom.Dataset],
+    instances: Iterable[Instance],
     model: ModelManifest,
     backend: InferenceBackend,
     timer: StageTimer,
     slab: int = 32,
 ) -> SeriesAnalysis:
+    """``instances``: the series' instances as Part 10 bytes (or pydicom Datasets), in any order. When the
+    iterable has an ``expected_images`` attribute (``PacsClient.iter_series``, ``read_files``), the volume is
+    allocated once at that size."""
     served = backend.served_version(model)
     volume, output = infer_streamed(study_uid, series_uid, instances, model, backend, timer, slab)
     with timer.stage("post-process"):
-        findings = ANALYZERS[model.name](volume, output)
+        findings = ANALYZERS[model.name](volume, output, radiomics=model.radiomics)
     algorithm = Algorithm(name=model.name, title=model.title, version=model.version, served_version=served)
     return SeriesAnalysis(volume=volume, algorithm=algorithm, findings=findings)
 
@@ -54,50 +57,60 @@ def analyze_series(
 def infer_streamed(
     study_uid: str,
     series_uid: str,
-    instances: Iterable[pydicom.Dataset],
+    instances: Iterable[Instance],
     model: ModelManifest,
     backend: InferenceBackend,
     timer: StageTimer,
     slab: int = 32,
 ) -> tuple[CtVolume, np.ndarray]:
-    """Decode instances as they arrive, infer each full slab while the next arrives, then assemble.
+    """Decode instances as they arrive, infer each full slab while the next arrives, then assemble and check.
 
-    Returns the volume and the model output stacked in the volume's (z, y, x) slice order.
+    Returns the volume and the model output in the volume's (z, y, x) order. Raises QualityCheckFailed (a
+    NotAnalyzableError) when the series fails a quality check.
     """
     slab = max(1, min(slab, model.max_batch))
-    slices: list[CtSlice] = []
-    pending: list[tuple[list[str], Future[np.ndarray]]] = []
+    builder = VolumeBuilder(study_uid, series_uid, int(getattr(instances, "expected_images", 0) or 0))
+    decoder = SeriesDecoder(builder, shared_pool())
+    pending: list[tuple[int, Future[np.ndarray]]] = []
+    sent = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="infer") as pool:
 
-        def submit(batch: list[CtSlice]) -> None:
-            pixels = np.stack([s.hu for s in batch])
-            pending.append(([s.sop_uid for s in batch], pool.submit(_timed_infer, backend, model, pixels, timer)))
+        def send(upto: int) -> None:
+            nonlocal sent
+            while sent < upto:
+                stop = min(sent + slab, upto)
+                pixels = builder.slab(sent, stop)
+                pending.append((sent, pool.submit(_timed_infer, backend, model, pixels, timer)))
+                sent = stop
 
-        batch: list[CtSlice] = []
-        for ds in timer.iterate("retrieve", instances):
+        try:
+            for instance in timer.iterate("retrieve", instances):
+                with timer.stage("decode"):
+                    decoder.add(instance)
+                ready = builder.ready
+                if ready - sent >= slab:
+                    send(ready - (ready - sent) % slab)
             with timer.stage("decode"):
-                ct = decode_ct_slice(ds, study_uid)
-            if slices and ct.hu.shape != slices[0].hu.shape:
-                raise NotAnalyzableError(
-                    study_uid, f"series {series_uid}: image sizes differ ({slices[0].hu.shape} and {ct.hu.shape})"
-                )
-            slices.append(ct)
-            batch.append(ct)
-            if len(batch) == slab:
-                submit(batch)
-                batch = []
-        if batch:
-            submit(batch)
-        outputs: dict[str, np.ndarray] = {}
-        for sop_uids, future in pending:
-            result = future.result()
-            if result.shape[0] != len(sop_uids):
-                raise RuntimeError(f"model {model.name} returned {result.shape[0]} slices for {len(sop_uids)}")
-            outputs.update(zip(sop_uids, result, strict=True))
+                decoder.close()
+            send(builder.ready)
+        except BaseException:
+            decoder.abandon()
+            raise
+        with timer.stage("assemble"):
+            n = builder.reserved
+            output: np.ndarray | None = None
+            for start, future in pending:
+                result = future.result()
+                if output is None:
+                    output = np.empty((n, *result.shape[1:]), dtype=result.dtype)
+                if start + result.shape[0] > n or (start + result.shape[0] != n and result.shape[0] != slab):
+                    raise RuntimeError(f"model {model.name} returned {result.shape[0]} slices for a slab at {start}")
+                output[start : start + result.shape[0]] = result
     with timer.stage("assemble"):
-        volume = assemble_volume(study_uid, series_uid, slices, model.selection.max_slice_spacing_mm)
-        output = np.stack([outputs[uid] for uid in volume.sop_uids])
-    return volume, output
+        if output is None:  # no image at all: finish() says so
+            return builder.finish(model.selection.quality), np.empty((0,), dtype=np.uint8)
+        volume, (ordered,) = builder.finish_with(model.selection.quality, [output])
+    return volume, ordered
 
 
 def _timed_infer(backend: InferenceBackend, model: ModelManifest, pixels: np.ndarray, timer: StageTimer) -> np.ndarray:

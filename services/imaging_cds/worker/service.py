@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -26,12 +25,13 @@ from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.dicomweb.selection import select_series
 from imaging_cds.errors import ImagingCdsError, InvalidNotificationError, NotAnalyzableError, TransientError
+from imaging_cds.fhir.charting import chart_not_analysable, chart_report
 from imaging_cds.fhir.client import FhirClient, FhirError
 from imaging_cds.fhir.imaging_study import ImagingStudyInfo, parse_imaging_study
-from imaging_cds.fhir.report import build_report_bundle
-from imaging_cds.inference.backend import InferenceBackend
+from imaging_cds.fhir.report import Algorithm
+from imaging_cds.inference.backend import ROUTINE_PRIORITY, STAT_PRIORITY, InferenceBackend, with_priority
 from imaging_cds.inference.manifest import ModelManifest
-from imaging_cds.jobs.model import Job, JobState
+from imaging_cds.jobs.model import Job, JobState, Priority
 from imaging_cds.jobs.policy import Readiness, backoff_s, study_readiness
 from imaging_cds.jobs.queue import Delivery, JobQueue
 from imaging_cds.worker.pipeline import analyze_series
@@ -197,6 +197,18 @@ class Worker:
         timer = StageTimer()
         with timer.stage("fhir-read"):
             study = self._load_study(imaging_study_id)
+        try:
+            return self._analyse_and_chart(study, timer, job, before_write)
+        except NotAnalyzableError as err:
+            raise self._chart_not_analysable(study, err, before_write) from err
+
+    def _analyse_and_chart(
+        self,
+        study: ImagingStudyInfo,
+        timer: StageTimer,
+        job: Job | None,
+        before_write: Callable[[], None] | None,
+    ) -> StudyOutcome:
         uid = study.context.study_uid
         with timer.stage("search"):
             series = self.pacs.search_series(uid)
@@ -208,21 +220,38 @@ class Worker:
             chosen.series_uid,
             self.pacs.iter_series(uid, chosen.series_uid),
             self.model,
-            self.backend,
+            with_priority(self.backend, _inference_priority(job)),
             timer,
             self.settings.inference_slab,
         )
         with timer.stage("fhir-write"):
             issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            bundle = build_report_bundle(
-                study.context, analysis.algorithm, analysis.findings, self.settings.report_status, issued
-            )
-            if before_write is not None:
-                before_write()
-            response = self.fhir.transaction(bundle)
-            reference = _report_reference(uid, response)
+            reference = chart_report(
+                self.fhir,
+                study.context,
+                analysis.algorithm,
+                analysis.findings,
+                self.settings.report_status,
+                issued,
+                before_write,
+            ).reference
             self._check_report_subject(study, reference)
         return StudyOutcome(report_reference=reference, stage_seconds=timer.seconds())
+
+    def _chart_not_analysable(
+        self, study: ImagingStudyInfo, err: NotAnalyzableError, before_write: Callable[[], None] | None
+    ) -> NotAnalyzableError:
+        """A cancelled report that says why, so the clinician knows the AI did not run; the error to end the job."""
+        model = self.model
+        algorithm = Algorithm(model.name, model.title, model.version, served_version=model.triton_version)
+        issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        charted = chart_not_analysable(self.fhir, study.context, algorithm, err.reason, issued, before_write)
+        then = (
+            f"cancelled report {charted.reference} written (the AI did not run)"
+            if charted.written
+            else f"{charted.reference} already in the chart, left as it is"
+        )
+        return NotAnalyzableError(err.study_uid, err.reason, then)
 
     def _check_report_subject(self, study: ImagingStudyInfo, reference: str) -> None:
         """A conditional create that matched an existing report must have matched this patient's.
@@ -290,6 +319,11 @@ class Worker:
             )
 
 
+def _inference_priority(job: Job | None) -> int:
+    """Triton's request priority for the job: STAT studies go ahead of routine ones in the model's queue."""
+    return STAT_PRIORITY if job is not None and job.priority is Priority.STAT else ROUTINE_PRIORITY
+
+
 class _ClaimRenewal:
     """Renews the worker's claim on its stream entry in the background while the job runs."""
 
@@ -315,13 +349,3 @@ class _ClaimRenewal:
                     return
             except redis.RedisError:
                 continue  # Redis restarting: the claim's idle time keeps running; try again
-
-
-def _report_reference(study_uid: str, response: dict[str, Any]) -> str:
-    """'DiagnosticReport/<id>' from a transaction-response; locations may be relative or absolute, with _history."""
-    for entry in response.get("entry", []):
-        parts = str((entry.get("response") or {}).get("location", "")).split("/")
-        for i, part in enumerate(parts[:-1]):
-            if part == "DiagnosticReport" and parts[i + 1]:
-                return f"DiagnosticReport/{parts[i + 1]}"
-    raise FhirError(f"study {study_uid}: transaction response names no DiagnosticReport")

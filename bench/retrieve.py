@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Retrieval benchmark: a 300-slice 512x512 CT from Orthanc into a volume, ours against a named baseline.
+
+    .venv/bin/python bench/retrieve.py [--slices 300] [--runs 5] [--j2k-runs 3]
+
+Starts Orthanc from scripts/sandbox on loopback and stores the same synthetic chest CT twice: uncompressed, and as
+lossless JPEG 2000 (new UIDs). For each copy, in the same run, it prints JSON with:
+
+- ``ours_s``: PacsClient.iter_series (stored transfer syntax, streamed) decoded into the preallocated volume by
+  SeriesDecoder, then ordered, put in the canonical frame and quality-checked (VolumeBuilder.finish).
+- ``baseline_s``: dicomweb-client ``retrieve_series`` asking for the stored transfer syntax, pydicom
+  ``pixel_array`` per instance, ``numpy.stack`` sorted by position. (``default_request_status``: the same call
+  without a transfer syntax; Orthanc cannot transcode JPEG 2000 and answers 500.)
+- ``ratio`` = baseline / ours (goal >= 3.0 uncompressed, >= 2.0 JPEG 2000).
+- ``limit_s`` / ``limit_fraction``: reading the same WADO-RS response and discarding it, divided by ours: how close
+  ours is to what the server delivers (goal >= 0.7 uncompressed).
+- ``memory_multiple``: peak resident memory added while retrieving (VmHWM after a reset, in a fresh process), as a
+  multiple of the volume's size, for ours and the baseline (goal <= 1.5 for ours). Ours decodes JPEG 2000 in one
+  worker process per core; their memory is reported apart (``decoder_processes_mb``: a fixed cost, not per volume).
+- ``local_s`` / ``local_sitk_s`` / ``local_ratio``: the same files from a local folder, the ``analyze`` path
+  (scan_study, then FileStream -> SeriesDecoder -> finish) against SimpleITK's ImageSeriesReader with int16 output
+  (GetGDCMSeriesFileNames included, which sorts by position like ours); local_ratio = SimpleITK / ours (goal >= 1).
+
+Times are medians of ``--runs`` (``--j2k-runs`` for JPEG 2000) after one warm-up each; the machine it ran on is
+printed (``cpus``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+import requests  # noqa: E402
+
+from imaging_cds.dicomweb.client import PacsClient  # noqa: E402
+from imaging_cds.imaging.decode import SeriesDecoder, shared_pool  # noqa: E402
+from imaging_cds.imaging.files import FileStream  # noqa: E402
+from imaging_cds.imaging.quality import QualityLimits  # noqa: E402
+from imaging_cds.imaging.volume import VolumeBuilder  # noqa: E402
+
+SANDBOX = REPO / "scripts" / "sandbox"
+LIMITS = QualityLimits(min_slices=100, max_slice_spacing_mm=3.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--j2k-runs", type=int, default=3)
+    parser.add_argument(
+        "--memory-child", nargs=4, metavar=("METHOD", "URL_FILE", "STUDY", "SERIES"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.memory_child:
+        return _memory_child(*args.memory_child)
+    with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-retrieve-") as tmp:
+        state = Path(tmp) / "sandbox"
+        up = subprocess.run(
+            [sys.executable, str(SANDBOX), "up", "--only", "orthanc", "--state-dir", str(state), "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if up.returncode != 0:
+            print(up.stderr, file=sys.stderr)
+            return 1
+        try:
+            env = json.loads(up.stdout.strip().splitlines()[-1])
+            return run(env, Path(tmp), args)
+        finally:
+            subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], check=False)
+
+
+def run(env: dict[str, Any], tmp: Path, args: argparse.Namespace) -> int:
+    from imaging_cds.sample.synthetic_ct import write_sample_study
+    from tests.services import store_folder
+
+    url, user, password = (
+        env["IMAGING_CDS_DICOMWEB_URL"],
+        env["IMAGING_CDS_DICOMWEB_USERNAME"],
+        env["IMAGING_CDS_DICOMWEB_PASSWORD"],
+    )
+    credentials = tmp / "pacs.json"
+    credentials.write_text(json.dumps({"url": url, "username": user, "password": password}))
+    credentials.chmod(0o600)
+    plain = write_sample_study(tmp / "plain", seed=11, n_slices=args.slices)
+    j2k_dir, j2k_study, j2k_series = _j2k_copy(plain.study_dir, tmp / "j2k")
+    copies = {
+        "uncompressed": (plain.study_dir, plain.study_instance_uid, plain.series_instance_uid, args.runs),
+        "jpeg2000_lossless": (j2k_dir, j2k_study, j2k_series, args.j2k_runs),
+    }
+    pool = shared_pool()
+    if pool is not None:
+        pool.warm()
+    report: dict[str, Any] = {
+        "benchmark": "retrieve",
+        "cpus": len(os.sched_getaffinity(0)),
+        "slices": args.slices,
+        "volume_mb": round(args.slices * 512 * 512 * 2 / 1e6, 1),
+        "baseline": "dicomweb-client retrieve_series (transfer-syntax=*), pydicom pixel_array, numpy.stack by position",
+        "goals": {
+            "ratio": ">= 3.0 uncompressed, >= 2.0 JPEG 2000",
+            "limit_fraction": ">= 0.7 uncompressed",
+            "memory_multiple": "<= 1.5",
+            "local_ratio": ">= 1.0 each",
+        },
+    }
+    with PacsClient(url, user, password) as pacs:
+        for name, (folder, study, series, runs) in copies.items():
+            store_folder(pacs, folder)
+            pacs.search_series(study)
+            report[name] = _measure(pacs, url, user, password, credentials, folder, study, series, runs)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _measure(
+    pacs: PacsClient,
+    url: str,
+    user: str,
+    password: str,
+    credentials: Path,
+    folder: Path,
+    study: str,
+    series: str,
+    runs: int,
+) -> dict[str, Any]:
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = (user, password)
+    baseline_client = DICOMwebClient(url, session=session)
+    ours = _median(lambda: _ours(pacs, study, series), runs)
+    baseline = _median(lambda: _baseline(baseline_client, study, series), runs)
+    limit = _median(lambda: _drain(pacs, study, series), runs)
+    try:
+        baseline_client.retrieve_series(study, series)
+        default_status: Any = 200
+    except requests.HTTPError as err:
+        default_status = err.response.status_code if err.response is not None else "error"
+    local = _median(lambda: _local(folder), runs)
+    sitk = _median(lambda: _simpleitk(folder), runs)
+    volume_bytes = len(list(folder.rglob("*.dcm"))) * 512 * 512 * 2
+    memory = {m: _memory(m, credentials, study, series, volume_bytes) for m in ("ours", "baseline")}
+    return {
+        "ours_s": round(ours, 4),
+        "baseline_s": round(baseline, 4),
+        "ratio": round(baseline / ours, 2),
+        "limit_s": round(limit, 4),
+        "limit_fraction": round(limit / ours, 3),
+        "default_request_status": default_status,
+        "memory_multiple": {m: v["multiple"] for m, v in memory.items()},
+        "decoder_processes_mb": memory["ours"].get("decoder_processes_mb", 0),
+        "local_s": round(local, 4),
+        "local_sitk_s": round(sitk, 4),
+        "local_ratio": round(sitk / local, 2),
+    }
+
+
+def _median(fn: Callable[[], object], runs: int) -> float:
+    fn()  # warm-up: connections, page cache, decoder processes
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _ours(pacs: PacsClient, study: str, series: str) -> np.ndarray:
+    stream = pacs.iter_series(study, series)
+    builder = VolumeBuilder(study, series, stream.expected_images)
+    decoder = SeriesDecoder(builder, shared_pool())
+    for part in stream:
+        decoder.add(part)
+    decoder.close()
+    return builder.finish(LIMITS).hu
+
+
+def _baseline(client: Any, study: str, series: str) -> np.ndarray:
+    datasets = client.retrieve_series(study, series, media_types=(("application/dicom", "*"),))
+    iop = [float(v) for v in datasets[0].ImageOrientationPatient]
+    normal = np.cross(iop[:3], iop[3:])
+    datasets.sort(key=lambda ds: float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)))
+    return np.stack([ds.pixel_array for ds in datasets])
+
+
+def _drain(pacs: PacsClient, study: str, series: str) -> int:
+    return sum(len(chunk) for chunk in pacs.retrieve_bytes(study, series))
+
+
+def _local(folder: Path) -> np.ndarray:
+    from imaging_cds.worker.embedded import scan_study
+
+    local = scan_study(folder)
+    ((series_uid, paths),) = local.series.items()
+    builder = VolumeBuilder(local.study_uid, series_uid, len(paths))
+    decoder = SeriesDecoder(builder, shared_pool())
+    for part in FileStream(local.study_uid, paths):
+        decoder.add(part)
+    decoder.close()
+    return builder.finish(LIMITS).hu
+
+
+def _simpleitk(folder: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    dicom_dir = str(next(folder.rglob("*.dcm")).parent)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(dicom_dir))
+    reader.SetOutputPixelType(sitk.sitkInt16)
+    return sitk.GetArrayViewFromImage(reader.Execute())
+
+
+def _j2k_copy(source: Path, target: Path) -> tuple[Path, str, str]:
+    """The same images as lossless JPEG 2000, under new study, series and instance UIDs."""
+    from pydicom.uid import JPEG2000Lossless, generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    target.mkdir(parents=True)
+    for i, path in enumerate(sorted(source.rglob("*.dcm"))):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+        ds.save_as(target / f"{i:04d}.dcm", enforce_file_format=True)
+    return target, study, series
+
+
+# -- peak memory, in a fresh process per measurement ----------------------------------------------------------
+
+
+def _memory(method: str, credentials: Path, study: str, series: str, volume_bytes: int) -> dict[str, Any]:
+    child = subprocess.run(
+        [sys.executable, __file__, "--memory-child", method, str(credentials), study, series],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["multiple"] = round(result["peak_added_bytes"] / volume_bytes, 2)
+    return result
+
+
+def _memory_child(method: str, credentials_file: str, study: str, series: str) -> int:
+    credentials = json.loads(Path(credentials_file).read_text())
+    pacs = PacsClient(credentials["url"], credentials["username"], credentials["password"])
+    pacs.search_series(study)
+    pool = shared_pool()
+    if pool is not None:
+        pool.warm()
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    session.auth = (credentials["username"], credentials["password"])
+    client = DICOMwebClient(credentials["url"], session=session)
+    _drain(pacs, study, series)  # connections up, nothing kept
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
+    before = _status("VmRSS")
+    volume = _ours(pacs, study, series) if method == "ours" else _baseline(client, study, series)
+    peak = _status("VmHWM")
+    children = 0
+    if method == "ours" and pool is not None:
+        for pid in _child_pids():
+            children += _status("VmHWM", pid)
+    print(
+        json.dumps(
+            {
+                "peak_added_bytes": peak - before,
+                "volume_bytes": volume.nbytes,
+                "decoder_processes_mb": round(children / 1e6),
+            }
+        )
+    )
+    return 0
+
+
+def _status(field: str, pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child_pids() -> list[int]:
+    """Every descendant of this process (the decoders are children of the forkserver, itself our child)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""A hospital's own model, added as a folder with no code change, is listed, checked and served end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
+from imaging_cds.errors import TransientError
+from imaging_cds.inference.backend import STAT_PRIORITY
+from imaging_cds.inference.local import LocalOnnxBackend
+from imaging_cds.inference.manifest import load_manifest
+from imaging_cds.inference.triton import TritonBackend
+from imaging_cds.sample.synthetic_ct import make_chest_ct
+from tests.conftest import SANDBOX
+from tests.model_factory import TOY_MODEL, write_toy_model
+
+pytestmark = pytest.mark.services
+
+CLI = [sys.executable, "-m", "imaging_cds.cli"]
+SANDBOX_UP = [sys.executable, str(SANDBOX), "up"]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("byom") / "triton_repo"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
+    write_toy_model(repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton_url(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Triton alone, serving the copied repository with the added folder (``scripts/sandbox --only triton``)."""
+    state = tmp_path_factory.mktemp("byom-sandbox")
+    up = subprocess.run(
+        [*SANDBOX_UP, "--state-dir", str(state), "--json", "--only", "triton", "--model-repository", str(repository)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield json.loads(up.stdout.strip().splitlines()[-1])["IMAGING_CDS_TRITON_GRPC_URL"]
+    finally:
+        subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], timeout=120)
+
+
+def test_model_added_as_a_folder_is_listed_checked_and_served_with_identical_results(
+    repository: Path, triton_url: str
+) -> None:
+    listed = subprocess.run(
+        [*CLI, "models", "list", "--json", "--model-repository", str(repository)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert TOY_MODEL in {row["name"] for row in json.loads(listed.stdout)}
+    checked = subprocess.run(
+        [*CLI, "models", "check", "--model-repository", str(repository)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{TOY_MODEL}: ok" in checked.stdout
+
+    model = load_manifest(repository / TOY_MODEL)
+    hu, _labels, _spacing = make_chest_ct(seed=1, n_slices=40)  # five requests of max_batch_size slices
+    triton = TritonBackend(triton_url)
+    local = LocalOnnxBackend()
+    try:
+        assert triton.served_version(model) == "2"  # the version the manifest pins, not Triton's latest
+        remote = triton.infer(model, hu)
+        urgent = triton.infer(model, hu, priority=STAT_PRIORITY)
+        here = local.infer(model, hu)
+    finally:
+        triton.close()
+    assert remote.shape == here.shape == (len(hu), 1)
+    assert remote.dtype == here.dtype == np.float32
+    np.testing.assert_array_equal(remote, here)
+    np.testing.assert_array_equal(urgent, here)
+    assert float(here.min()) < float(here.max())  # slices differ, so the comparison is about real outputs
+
+
+def test_a_version_triton_does_not_serve_is_refused_not_silently_replaced(repository: Path, triton_url: str) -> None:
+    unpinned = dataclasses.replace(load_manifest(repository / TOY_MODEL), triton_version="1")  # Triton serves 2 only
+    triton = TritonBackend(triton_url)
+    try:
+        with pytest.raises(TransientError, match=f"{TOY_MODEL} v1"):
+            triton.served_version(unpinned)
+        with pytest.raises(TransientError, match=f"{TOY_MODEL} v1"):
+            triton.infer(unpinned, np.zeros((2, 8, 8), dtype=np.int16))
+    finally:
+        triton.close()

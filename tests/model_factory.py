@@ -1,0 +1,102 @@
+"""A model a hospital might bring: a tiny ONNX classifier made with ``onnx.helper``, written as a model folder.
+
+``toy-slice-classifier``: input ``ct_hu`` INT16 [N, H, W], output ``probability`` FP32 [N, 1] = sigmoid(mean HU of
+the slice / 1000 + 0.5). Nothing in imaging-cds knows it: it exists only as the folder this module writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+TOY_MODEL = "toy-slice-classifier"
+TOY_MAX_BATCH = 8
+
+CONFIG = """name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch}
+version_policy: {{ specific: {{ versions: [ 2 ] }} }}
+input [
+  {{
+    name: "ct_hu"
+    data_type: TYPE_INT16
+    dims: [ -1, -1 ]
+  }}
+]
+output [
+  {{
+    name: "{output}"
+    data_type: {output_type}
+    dims: [ 1 ]
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 1000
+  priority_levels: 2
+  default_priority_level: 2
+}}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+"""
+
+MANIFEST = """name: {name}
+title: Toy slice classifier (test fixture)
+version: 0.1.0
+task: classification
+triton:
+  model_name: {name}
+  model_version: "2"
+  max_batch_size: {max_batch}
+  input: {{name: ct_hu, datatype: INT16}}
+  output: {{name: probability, datatype: FP32}}
+selection:
+  modalities: [CT]
+  body_parts: [CHEST]
+  min_instances: 10
+  max_slice_spacing_mm: 5.0
+"""
+
+
+def toy_classifier() -> onnx.ModelProto:
+    scale = numpy_helper.from_array(np.array(1.0 / 1000.0, dtype=np.float32), name="scale")
+    offset = numpy_helper.from_array(np.array(0.5, dtype=np.float32), name="offset")
+    nodes = [
+        helper.make_node("Cast", ["ct_hu"], ["hu"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["hu"], ["mean"], axes=[1, 2], keepdims=1),  # [N, 1, 1]
+        helper.make_node("Squeeze", ["mean", "squeeze_axes"], ["mean_n1"]),
+        helper.make_node("Mul", ["mean_n1", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "offset"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+    ]
+    axes = numpy_helper.from_array(np.array([2], dtype=np.int64), name="squeeze_axes")
+    graph = helper.make_graph(
+        nodes,
+        "toy_slice_classifier",
+        [helper.make_tensor_value_info("ct_hu", TensorProto.INT16, ["N", "H", "W"])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1])],
+        initializer=[scale, offset, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="imaging-cds tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_toy_model(
+    repository: Path,
+    name: str = TOY_MODEL,
+    max_batch: int = TOY_MAX_BATCH,
+    output: str = "probability",
+    output_type: str = "TYPE_FP32",
+) -> Path:
+    """The model folder (config.pbtxt, 2/model.onnx, manifest.yaml) under ``repository``; returns it."""
+    folder = repository / name
+    (folder / "2").mkdir(parents=True, exist_ok=True)
+    onnx.save(toy_classifier(), str(folder / "2" / "model.onnx"))
+    (folder / "config.pbtxt").write_text(
+        CONFIG.format(name=name, max_batch=max_batch, output=output, output_type=output_type)
+    )
+    (folder / "manifest.yaml").write_text(MANIFEST.format(name=name, max_batch=max_batch))
+    return folder
