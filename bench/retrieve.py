@@ -21,8 +21,9 @@ lossless JPEG 2000 (new UIDs). For each copy, in the same run, it prints JSON wi
   (scan_study, then FileStream -> SeriesDecoder -> finish) against SimpleITK's ImageSeriesReader with int16 output
   (GetGDCMSeriesFileNames included, which sorts by position like ours); local_ratio = SimpleITK / ours (goal >= 1).
 
-Times are medians of ``--runs`` (``--j2k-runs`` for JPEG 2000) after one warm-up each; the machine it ran on is
-printed (``cpus``).
+Times are medians of ``--runs`` rounds (``--j2k-runs`` for JPEG 2000) after a warm-up round; each round runs ours, the
+baseline, the limit and both local readers once, so a change in the machine's load falls on all alike. The machine
+(``cpus``) and its load average at start and end are printed: other work on a 2-core machine skews parallel decoding.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def run(env: dict[str, Any], tmp: Path, args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "benchmark": "retrieve",
         "cpus": len(os.sched_getaffinity(0)),
+        "load_average_at_start": round(os.getloadavg()[0], 2),
         "slices": args.slices,
         "volume_mb": round(args.slices * 512 * 512 * 2 / 1e6, 1),
         "baseline": "dicomweb-client retrieve_series (transfer-syntax=*), pydicom pixel_array, numpy.stack by position",
@@ -124,6 +126,7 @@ def run(env: dict[str, Any], tmp: Path, args: argparse.Namespace) -> int:
             store_folder(pacs, folder)
             pacs.search_series(study)
             report[name] = _measure(pacs, url, user, password, credentials, folder, study, series, runs)
+    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -144,16 +147,23 @@ def _measure(
     session = requests.Session()
     session.auth = (user, password)
     baseline_client = DICOMwebClient(url, session=session)
-    ours = _median(lambda: _ours(pacs, study, series), runs)
-    baseline = _median(lambda: _baseline(baseline_client, study, series), runs)
-    limit = _median(lambda: _drain(pacs, study, series), runs)
+    # Interleaved, one of each per round, so a change in the machine's load (other work on it) falls on all alike.
+    timings = _interleaved(
+        {
+            "ours": lambda: _ours(pacs, study, series),
+            "baseline": lambda: _baseline(baseline_client, study, series),
+            "limit": lambda: _drain(pacs, study, series),
+            "local": lambda: _local(folder),
+            "sitk": lambda: _simpleitk(folder),
+        },
+        runs,
+    )
+    ours, baseline, limit, local, sitk = (timings[k] for k in ("ours", "baseline", "limit", "local", "sitk"))
     try:
         baseline_client.retrieve_series(study, series)
         default_status: Any = 200
     except requests.HTTPError as err:
         default_status = err.response.status_code if err.response is not None else "error"
-    local = _median(lambda: _local(folder), runs)
-    sitk = _median(lambda: _simpleitk(folder), runs)
     volume_bytes = len(list(folder.rglob("*.dcm"))) * 512 * 512 * 2
     memory = {m: _memory(m, credentials, study, series, volume_bytes) for m in ("ours", "baseline")}
     return {
@@ -171,14 +181,18 @@ def _measure(
     }
 
 
-def _median(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up: connections, page cache, decoder processes
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def _interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds of each function over ``runs`` rounds (each round runs every function once), after a
+    warm-up round (connections, page cache, decoder processes)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _ours(pacs: PacsClient, study: str, series: str) -> np.ndarray:
