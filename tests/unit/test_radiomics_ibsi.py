@@ -289,3 +289,9 @@ def test_cli_names_the_missing_structure(capsys: pytest.CaptureFixture[str]) -> 
     code = main(["radiomics", str(CT / "dicom" / "image"), str(CT / "dicom" / "rtstruct"), "--roi", "GTV-2"])
     assert code == 2
     assert "no structure named 'GTV-2'" in capsys.readouterr().err
+
+
+def test_the_ibsi_reference_data_is_there_so_the_reference_tests_ran() -> None:
+    """The reference tests skip without the data; this one fails instead, so a missing ../shared/ibsi is seen."""
+    assert DIGITAL.is_dir() and CT.is_dir(), f"IBSI reference data not at {IBSI} (set IMAGING_CDS_IBSI_DATA)"
+    assert len(REFERENCES) >= 1800
