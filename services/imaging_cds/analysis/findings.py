@@ -7,6 +7,8 @@ the manifest's ``radiomics`` configuration it also computes the IBSI features of
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy.typing as npt
 
 from imaging_cds.analysis.lung_density import (
     LAA_THRESHOLD_HU,
+    LungDensityMeasures,
     NoLungFoundError,
     extract_lungs,
     key_image_slice,
@@ -99,6 +102,19 @@ def lung_density_findings(
         measures = measure_lung_density(volume.hu, lungs, volume.spacing_mm)
     except NoLungFoundError as err:
         raise NotAnalyzableError(volume.study_uid, f"series {volume.series_uid}: {err}") from err
+    # Radiomics is the slowest step and needs only the mask: it runs beside the rest (numpy and scipy release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiomics") as pool:
+        lung_features = (
+            pool.submit(region_features, "lung", codes.LUNG_STRUCTURE, volume.hu, lungs, volume.spacing_mm, radiomics)
+            if radiomics is not None
+            else None
+        )
+        findings = _lung_density_findings(volume, lungs, measures)
+        regions = [] if lung_features is None else [r for r in (lung_features.result(),) if r is not None]
+    return replace(findings, radiomics=tuple(regions))
+
+
+def _lung_density_findings(volume: CtVolume, lungs: npt.NDArray[np.bool_], measures: LungDensityMeasures) -> Findings:
     emphysema = measures.laa950_percent >= codes.LAA950_EMPHYSEMA_THRESHOLD_PERCENT
     finding = emphysema_finding(volume, lungs, emphysema)
     z = key_image_slice(lungs, volume.hu if emphysema else None)
@@ -114,10 +130,6 @@ def lung_density_findings(
             f"{codes.LAA950_EMPHYSEMA_THRESHOLD_PERCENT:g} % threshold: no quantitative CT evidence of emphysema."
         )
     laa_flag = codes.INTERPRETATION_HIGH if emphysema else codes.INTERPRETATION_NORMAL
-    regions = []
-    if radiomics is not None:
-        lung = region_features("lung", codes.LUNG_STRUCTURE, volume.hu, lungs, volume.spacing_mm, radiomics)
-        regions = [lung] if lung is not None else []
     return Findings(
         series_uid=volume.series_uid,
         measurements=(
@@ -130,7 +142,6 @@ def lung_density_findings(
         conclusion_codes=(codes.PULMONARY_EMPHYSEMA,) if emphysema else (),
         key_image_png=render_key_image(volume.hu[z], lungs[z]),
         key_image_title=_key_image_title(volume, z, emphysema),
-        radiomics=tuple(regions),
         coded_findings=(finding,),
     )
 

@@ -96,7 +96,7 @@ def infer_streamed(
         except BaseException:
             decoder.abandon()
             raise
-        with timer.stage("assemble"):
+        with timer.stage("infer-wait"):  # the slabs still in flight after the last image arrived
             n = builder.reserved
             output: np.ndarray | None = None
             for start, future in pending:
