@@ -314,58 +314,60 @@ def _device(algorithm: Algorithm, device_id: str) -> dict[str, Any]:
 def _observation(
     study: StudyContext, algorithm: Algorithm, findings: Findings, m: MeasuredValue, device_id: str, status: str
 ) -> dict[str, Any]:
-    full_url = result_identifier(study.study_uid, findings.series_uid, algorithm, m.measure.key)
+    entry = _observation_entry(
+        study, algorithm, findings, m.measure.key, device_id, status, m.measure.code.concept(), codes.LUNG_STRUCTURE
+    )
+    entry["resource"]["valueQuantity"] = {
+        "value": _rounded(m),
+        "unit": m.measure.unit.display,
+        "system": codes.UCUM,
+        "code": m.measure.unit.code,
+    }
+    if m.interpretation:
+        entry["resource"]["interpretation"] = [m.interpretation.concept()]
+    return entry
+
+
+def _observation_entry(
+    study: StudyContext,
+    algorithm: Algorithm,
+    findings: Findings,
+    key: str,
+    device_id: str,
+    status: str,
+    code: dict[str, Any],
+    body_site: Code,
+    method: str = "",
+) -> dict[str, Any]:
+    """What every Observation we write shares: identifier, AIAST label, subject, device, study, body site, method."""
+    full_url = result_identifier(study.study_uid, findings.series_uid, algorithm, key)
+    algorithm_text = f"{algorithm.title} ({algorithm.name} {algorithm.version})"
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "meta": {"security": [codes.AI_ASSERTED.coding()]},
         "identifier": [{"system": IDENTIFIER_SYSTEM, "value": full_url}],
         "status": status,
         "category": [codes.CATEGORY_IMAGING.concept()],
-        "code": m.measure.code.concept(),
+        "code": code,
         "subject": {"reference": study.subject},
         "device": {"reference": device_id},
         "derivedFrom": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
         "partOf": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "bodySite": codes.LUNG_STRUCTURE.concept(),
-        "method": codes.MEASUREMENT_METHOD.concept(f"{algorithm.title} ({algorithm.name} {algorithm.version})"),
-        "valueQuantity": {
-            "value": _rounded(m),
-            "unit": m.measure.unit.display,
-            "system": codes.UCUM,
-            "code": m.measure.unit.code,
-        },
+        "bodySite": body_site.concept(),
+        "method": codes.MEASUREMENT_METHOD.concept(f"{method}; {algorithm_text}" if method else algorithm_text),
     }
     if study.encounter:
         resource["encounter"] = {"reference": study.encounter}
-    if m.interpretation:
-        resource["interpretation"] = [m.interpretation.concept()]
     return {"fullUrl": full_url, "resource": resource}
 
 
 def _radiomics_observation(
     study: StudyContext, algorithm: Algorithm, findings: Findings, r: RegionFeatures, device_id: str, status: str
 ) -> dict[str, Any]:
-    full_url = result_identifier(study.study_uid, findings.series_uid, algorithm, r.key)
-    resource: dict[str, Any] = {
-        "resourceType": "Observation",
-        "meta": {"security": [codes.AI_ASSERTED.coding()]},
-        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": full_url}],
-        "status": status,
-        "category": [codes.CATEGORY_IMAGING.concept()],
-        "code": codes.RADIOMICS_FEATURES.concept(f"Radiomics features of {r.region.display.lower()} (IBSI 1)"),
-        "subject": {"reference": study.subject},
-        "device": {"reference": device_id},
-        "derivedFrom": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "partOf": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "bodySite": r.region.concept(),
-        "method": codes.MEASUREMENT_METHOD.concept(
-            f"{r.method}; {algorithm.title} ({algorithm.name} {algorithm.version})"
-        ),
-        "component": [_feature_component(f) for f in r.features],
-    }
-    if study.encounter:
-        resource["encounter"] = {"reference": study.encounter}
-    return {"fullUrl": full_url, "resource": resource}
+    code = codes.RADIOMICS_FEATURES.concept(f"Radiomics features of {r.region.display.lower()} (IBSI 1)")
+    entry = _observation_entry(study, algorithm, findings, r.key, device_id, status, code, r.region, r.method)
+    entry["resource"]["component"] = [_feature_component(f) for f in r.features]
+    return entry
 
 
 def _feature_component(f: FeatureValue) -> dict[str, Any]:
@@ -537,29 +539,14 @@ def not_analysed_conclusion(algorithm: Algorithm, reason: str) -> str:
 def _finding_observation(
     study: StudyContext, algorithm: Algorithm, findings: Findings, f: CodedFinding, device_id: str, status: str
 ) -> dict[str, Any]:
-    full_url = result_identifier(study.study_uid, findings.series_uid, algorithm, f.key)
-    resource: dict[str, Any] = {
-        "resourceType": "Observation",
-        "meta": {"security": [codes.AI_ASSERTED.coding()]},
-        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": full_url}],
-        "status": status,
-        "category": [codes.CATEGORY_IMAGING.concept()],
-        "code": f.code.concept(),
-        "subject": {"reference": study.subject},
-        "device": {"reference": device_id},
-        "derivedFrom": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "partOf": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "bodySite": f.body_site.concept(),
-        "method": codes.MEASUREMENT_METHOD.concept(f"{algorithm.title} ({algorithm.name} {algorithm.version})"),
-        "valueCodeableConcept": f.value.concept(),
-    }
-    if study.encounter:
-        resource["encounter"] = {"reference": study.encounter}
+    entry = _observation_entry(study, algorithm, findings, f.key, device_id, status, f.code.concept(), f.body_site)
+    resource = entry["resource"]
+    resource["valueCodeableConcept"] = f.value.concept()
     if f.interpretation:
         resource["interpretation"] = [f.interpretation.concept()]
     if f.components:
         resource["component"] = [_finding_component(c) for c in f.components]
-    return {"fullUrl": full_url, "resource": resource}
+    return entry
 
 
 def _finding_component(c: Component) -> dict[str, Any]:
