@@ -201,20 +201,10 @@ def _walk(view: memoryview, pos: int, explicit: bool, out: dict[str, Any], meta_
     """Walk top-level elements from ``pos``, filling ``out``; returns the position after the last one read."""
     end = len(view)
     while pos + 8 <= end:
-        group, element, vr = _TAG_VR.unpack_from(view, pos)
+        group = _U16.unpack_from(view, pos)[0]
         if meta_only and group != 0x0002:
             return pos
-        tag = (group << 16) | element
-        if explicit or group == 0x0002:
-            if vr in _LONG_VRS:
-                length = _U32.unpack_from(view, pos + 8)[0]
-                pos += 12
-            else:
-                length = _U16.unpack_from(view, pos + 6)[0]
-                pos += 8
-        else:
-            length = _U32.unpack_from(view, pos + 4)[0]
-            pos += 8
+        tag, vr, length, pos = _element_header(view, pos, explicit or group == 0x0002)
         if tag == _PIXEL_DATA:
             out["pixel_offset"] = pos
             out["pixel_length"] = -1 if length == _UNDEFINED else length
@@ -237,6 +227,17 @@ def _walk(view: memoryview, pos: int, explicit: bool, out: dict[str, Any], meta_
     return pos
 
 
+def _element_header(view: memoryview, pos: int, explicit: bool) -> tuple[int, bytes, int, int]:
+    """(tag, VR, value length, position of the value) of the element at ``pos``; VR is meaningless if implicit."""
+    group, element, vr = _TAG_VR.unpack_from(view, pos)
+    tag = (group << 16) | element
+    if not explicit:
+        return tag, vr, _U32.unpack_from(view, pos + 4)[0], pos + 8
+    if vr in _LONG_VRS:
+        return tag, vr, _U32.unpack_from(view, pos + 8)[0], pos + 12
+    return tag, vr, _U16.unpack_from(view, pos + 6)[0], pos + 8
+
+
 def _skip_undefined(view: memoryview, pos: int, explicit: bool) -> int:
     """Skip a sequence of undefined length: its items, nested sequences included, then the delimiter."""
     while True:
@@ -255,20 +256,9 @@ def _skip_undefined(view: memoryview, pos: int, explicit: bool) -> int:
 
 def _skip_item(view: memoryview, pos: int, explicit: bool) -> int:
     while True:
-        group, element, vr = _TAG_VR.unpack_from(view, pos)
-        tag = (group << 16) | element
+        tag, vr, length, pos = _element_header(view, pos, explicit)
         if tag == _ITEM_END:
-            return pos + 8
-        if explicit:
-            if vr in _LONG_VRS:
-                length = _U32.unpack_from(view, pos + 8)[0]
-                pos += 12
-            else:
-                length = _U16.unpack_from(view, pos + 6)[0]
-                pos += 8
-        else:
-            length = _U32.unpack_from(view, pos + 4)[0]
-            pos += 8
+            return pos
         if length == _UNDEFINED:
             pos = _skip_undefined(view, pos, explicit and vr != b"UN")
         else:
