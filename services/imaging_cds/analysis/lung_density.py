@@ -84,9 +84,6 @@ _LABEL_TEXT_RGB = (255, 255, 255)
 _IN_PLANE_CROSS = np.array(
     [np.zeros((3, 3), dtype=bool), [[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.zeros((3, 3), dtype=bool)], dtype=bool
 )
-_IN_PLANE_SQUARE = np.array(
-    [np.zeros((3, 3), dtype=bool), np.ones((3, 3), dtype=bool), np.zeros((3, 3), dtype=bool)], dtype=bool
-)
 
 
 class NoLungFoundError(ValueError):
@@ -140,8 +137,8 @@ def extract_lungs(candidate: npt.NDArray[np.generic], spacing_mm: Spacing) -> Bo
         return lungs
     holes = _holes_in_plane(kept)
 
-    near_lung = ndimage.binary_dilation(kept, structure=_IN_PLANE_SQUARE)
-    near_airway = ndimage.binary_dilation(airway, structure=_IN_PLANE_SQUARE) & ~kept
+    near_lung = _dilate_in_plane(kept)
+    near_airway = _dilate_in_plane(airway) & ~kept
     fine_box = (
         box[0],
         slice(box[1].start * factor, box[1].stop * factor),
@@ -149,6 +146,24 @@ def extract_lungs(candidate: npt.NDArray[np.generic], spacing_mm: Spacing) -> Bo
     )
     lungs[fine_box] = (fine[fine_box] & _upsample(near_lung & ~near_airway, factor)) | _upsample(holes, factor)
     return lungs
+
+
+def _upsample(mask: BoolVolume, factor: int) -> BoolVolume:
+    if factor == 1:
+        return mask
+    return np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
+
+
+def _dilate_in_plane(mask: BoolVolume) -> BoolVolume:
+    """Binary dilation by a 3x3 in-plane square (nothing set outside the array): the same as
+    ``ndimage.binary_dilation(mask, _IN_PLANE_SQUARE)``, as four shifted ORs."""
+    rows = mask.copy()
+    rows[:, 1:, :] |= mask[:, :-1, :]
+    rows[:, :-1, :] |= mask[:, 1:, :]
+    out = rows.copy()
+    out[:, :, 1:] |= rows[:, :, :-1]
+    out[:, :, :-1] |= rows[:, :, 1:]
+    return out
 
 
 def _all_pool(mask: BoolVolume, factor: int) -> BoolVolume:
@@ -162,12 +177,6 @@ def _all_pool(mask: BoolVolume, factor: int) -> BoolVolume:
             if dy or dx:
                 pooled &= mask[:, dy : rows * factor : factor, dx : cols * factor : factor]
     return pooled
-
-
-def _upsample(mask: BoolVolume, factor: int) -> BoolVolume:
-    if factor == 1:
-        return mask
-    return np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
 
 
 def _inner_air(coarse: BoolVolume, spacing_mm: Spacing) -> tuple[BoolVolume, BoolVolume, tuple[slice, ...]] | None:
@@ -189,17 +198,14 @@ def _inner_air(coarse: BoolVolume, spacing_mm: Spacing) -> tuple[BoolVolume, Boo
     if largest * voxel_ml < MIN_COMPONENT_ML:
         return None
     keep = sizes >= max(SECOND_LUNG_MIN_FRACTION * largest, MIN_COMPONENT_ML / voxel_ml)
-    boxes = ndimage.find_objects(labels)
-    kept_boxes = [boxes[i - 1] for i in np.flatnonzero(keep) if boxes[i - 1] is not None]
+    kept = keep[labels]
+    in_plane = kept.any(axis=0)
+    extents = (kept.any(axis=(1, 2)), in_plane.any(axis=1), in_plane.any(axis=0))
     box = tuple(
-        slice(
-            max(min(b[axis].start for b in kept_boxes) - margin, 0),
-            min(max(b[axis].stop for b in kept_boxes) + margin, coarse.shape[axis]),
-        )
-        for axis, margin in ((0, 0), (1, 2), (2, 2))
+        slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, kept.shape[axis]))
+        for axis, (idx, margin) in enumerate(((np.flatnonzero(e), m) for e, m in zip(extents, (0, 2, 2), strict=True)))
     )
-    cropped = labels[box]
-    return np.asarray(keep[cropped]), np.asarray(cropped == int(np.argmax(sizes))), box
+    return np.asarray(kept[box]), np.asarray(labels[box] == int(np.argmax(sizes))), box
 
 
 def _trace_airway(connected: BoolVolume, inner: BoolVolume, spacing_mm: Spacing) -> BoolVolume:

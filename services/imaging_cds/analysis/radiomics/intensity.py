@@ -52,28 +52,102 @@ def _convolve_same(a: FloatArray, kernel: FloatArray) -> FloatArray:
 
 
 def _moments(x: FloatArray) -> dict[str, float]:
+    """First-order statistics of ``x``; from its histogram when ``x`` holds integers (rounded HU, grey levels), which
+    gives the same values as the direct sums (to rounding) in one pass over the voxels instead of a dozen."""
+    values, counts = _integer_histogram(x)
+    if values is None:
+        return _moments_direct(x)
+    return _moments_of(values, counts)
+
+
+def _integer_histogram(x: FloatArray) -> tuple[FloatArray | None, FloatArray]:
+    """(distinct values, their counts) when ``x`` holds integers in a modest range; (None, empty) otherwise."""
+    if x.size == 0:
+        return None, np.zeros(0)
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo > 1 << 16:
+        return None, np.zeros(0)
+    shifted = (x - lo).astype(np.int64)
+    if not np.array_equal(shifted, x - lo):
+        return None, np.zeros(0)
+    counts = np.bincount(shifted).astype(np.float64)
+    present = np.flatnonzero(counts)
+    return present.astype(np.float64) + lo, counts[present]
+
+
+def _moments_of(g: FloatArray, c: FloatArray) -> dict[str, float]:
+    """Statistics of a sample given as distinct sorted values ``g`` with counts ``c``."""
+    n = float(c.sum())
+    cum = np.cumsum(c)
+
+    def percentile(q: float) -> float:  # numpy's default (linear) method on the sorted sample
+        h = (n - 1.0) * q / 100.0
+        k = math.floor(h)
+        below = float(g[np.searchsorted(cum, k, side="right")])
+        above = float(g[np.searchsorted(cum, min(k + 1, n - 1), side="right")])
+        return below + (h - k) * (above - below)
+
+    mean = float(np.dot(c, g)) / n
+    dev = g - mean
+    d2 = dev * dev
+    m2 = float(np.dot(c, d2)) / n
+    m3 = float(np.dot(c, d2 * dev)) / n
+    m4 = float(np.dot(c, d2 * d2)) / n
+    p10, p25, p50, p75, p90 = (percentile(q) for q in (10, 25, 50, 75, 90))
+    inner = (g >= p10) & (g <= p90)
+    rc, rg = c[inner], g[inner]
+    robust_mean = float(np.dot(rc, rg)) / float(rc.sum())
+    lo, hi = float(g[0]), float(g[-1])
+    return _summary(mean, m2, m3, m4, (p10, p25, p50, p75, p90), lo, hi,
+                    mad=float(np.dot(c, np.abs(dev))) / n,
+                    rmad=float(np.dot(rc, np.abs(rg - robust_mean))) / float(rc.sum()),
+                    medad=float(np.dot(c, np.abs(g - p50))) / n)  # fmt: skip
+
+
+def _moments_direct(x: FloatArray) -> dict[str, float]:
     mean = float(x.mean())
     dev = x - mean
-    m2 = float(np.mean(dev**2))
-    m3 = float(np.mean(dev**3))
-    m4 = float(np.mean(dev**4))
+    d2 = dev * dev
+    m2 = float(np.mean(d2))
+    m3 = float(np.mean(d2 * dev))
+    m4 = float(np.mean(d2 * d2))
     p10, p25, p50, p75, p90 = (float(v) for v in np.percentile(x, [10, 25, 50, 75, 90]))
     robust = x[(x >= p10) & (x <= p90)]
+    return _summary(mean, m2, m3, m4, (p10, p25, p50, p75, p90), float(x.min()), float(x.max()),
+                    mad=float(np.mean(np.abs(dev))),
+                    rmad=float(np.mean(np.abs(robust - robust.mean()))),
+                    medad=float(np.mean(np.abs(x - p50))))  # fmt: skip
+
+
+def _summary(
+    mean: float,
+    m2: float,
+    m3: float,
+    m4: float,
+    percentiles: tuple[float, float, float, float, float],
+    lo: float,
+    hi: float,
+    *,
+    mad: float,
+    rmad: float,
+    medad: float,
+) -> dict[str, float]:
+    p10, p25, p50, p75, p90 = percentiles
     return {
         "mean": mean,
         "var": m2,
         "skew": m3 / m2**1.5 if m2 > 0 else 0.0,
         "kurt": m4 / m2**2 - 3.0 if m2 > 0 else 0.0,
         "median": p50,
-        "min": float(x.min()),
+        "min": lo,
         "p10": p10,
         "p90": p90,
-        "max": float(x.max()),
+        "max": hi,
         "iqr": p75 - p25,
-        "range": float(x.max() - x.min()),
-        "mad": float(np.mean(np.abs(dev))),
-        "rmad": float(np.mean(np.abs(robust - robust.mean()))),
-        "medad": float(np.mean(np.abs(x - p50))),
+        "range": hi - lo,
+        "mad": mad,
+        "rmad": rmad,
+        "medad": medad,
         "cov": math.sqrt(m2) / mean if mean != 0 else math.nan,
         "qcod": (p75 - p25) / (p75 + p25) if (p75 + p25) != 0 else math.nan,
     }
@@ -82,7 +156,7 @@ def _moments(x: FloatArray) -> dict[str, float]:
 def statistics(values: FloatArray) -> dict[str, float]:
     """Intensity-based statistics of the voxel intensities in the intensity mask."""
     m = _moments(values)
-    energy = float(np.sum(values**2))
+    energy = float(np.dot(values, values))
     keys = {
         "Q4LE": "mean", "ECT3": "var", "KE2A": "skew", "IPH6": "kurt", "Y12H": "median", "1GSF": "min",
         "QG58": "p10", "8DWT": "p90", "84IY": "max", "SALO": "iqr", "2OJQ": "range", "4FUA": "mad",

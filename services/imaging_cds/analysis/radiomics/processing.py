@@ -142,14 +142,45 @@ def _interpolate(
         b = min(math.ceil(pos.max()) + 5, n)
         src.append(slice(a, b))
         axes_old.append(pos - a)
-    sub_img = np.asarray(img[tuple(src)], dtype=np.float64)
-    sub_roi = roi[tuple(src)].astype(np.float64)
-    grid = np.meshgrid(*axes_old, indexing="ij")
-    order = INTERPOLATION_ORDER[config.interpolation]
-    new_img = ndimage.map_coordinates(sub_img, grid, order=order, mode="nearest", prefilter=order > 1)
-    roi_order = INTERPOLATION_ORDER[config.roi_interpolation]
-    new_roi = ndimage.map_coordinates(sub_roi, grid, order=roi_order, mode="nearest", prefilter=roi_order > 1)
+    sub_img = img[tuple(src)]
+    sub_roi = roi[tuple(src)]
+    new_img = _resample(sub_img, axes_old, INTERPOLATION_ORDER[config.interpolation])
+    new_roi = _resample(sub_roi, axes_old, INTERPOLATION_ORDER[config.roi_interpolation])
     return new_img, new_roi, target
+
+
+def _resample(a: npt.NDArray[np.generic], positions: list[FloatArray], order: int) -> FloatArray:
+    """``a`` sampled at the grid ``positions`` (old index units, per axis), values beyond the edges taken from the
+    nearest edge voxel, spline ``order``.
+
+    Linear interpolation on a grid is separable: three 1D passes, the axis that shrinks most first, give what
+    trilinear interpolation gives (to rounding) at a fraction of the cost of ``map_coordinates``.
+    """
+    if order != 1:
+        grid = np.meshgrid(*positions, indexing="ij")
+        src = np.asarray(a, dtype=np.float64)
+        return np.asarray(ndimage.map_coordinates(src, grid, order=order, mode="nearest", prefilter=order > 1))
+    out: npt.NDArray[np.generic] = a if a.dtype != np.bool_ else a.view(np.uint8)
+    for axis in sorted(range(a.ndim), key=lambda k: positions[k].size / a.shape[k]):
+        out = _linear_along(out, positions[axis], axis)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _linear_along(a: npt.NDArray[np.generic], pos: FloatArray, axis: int) -> FloatArray:
+    n = a.shape[axis]
+    p = np.clip(pos, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(p).astype(np.intp), max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = p - i0
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    lo = np.take(a, i0, axis=axis).astype(np.float64)
+    hi = np.take(a, i1, axis=axis).astype(np.float64)
+    hi -= lo
+    hi *= w
+    lo += hi
+    return lo
 
 
 def discretise(values: FloatArray, method: Discretisation, range_min: float | None) -> IntArray:
