@@ -21,11 +21,13 @@ the patient. The 3D connected-component post-processing that turns candidates in
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -89,6 +91,312 @@ def lung_density_graph() -> onnx.ModelProto:
     return model
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# lung-nodule-cad
+# --------------------------------------------------------------------------------------------------------------------
+
+LUNG_NODULE_CAD_MODEL = "lung-nodule-cad"
+NODULE_SPACING_MM = 2.0
+"""The worker resamples the CT to this isotropic spacing before it is cut into windows (the manifest says so too)."""
+NODULE_HU_WINDOW = (-1000.0, -400.0)
+"""HU are clipped to this window and mapped to [0, 1]: lung parenchyma (about -850 HU) is 0.25, ground glass
+(-650 to -450 HU) 0.6-0.9 and anything solid 1, so subsolid nodules stand out almost as much as solid ones."""
+NODULE_FINE_SCALES_MM = (1.3, 2.1)
+"""Gaussian scales (sigma, mm) evaluated on the 2 mm grid: nodules of about 4-8 mm."""
+NODULE_COARSE_SCALES_MM = (3.0, 4.3, 6.2, 9.0)
+"""Scales evaluated on a 4 mm grid (2x2x2 average of the 2.1 mm smoothed volume): nodules of about 10-30 mm."""
+NODULE_COARSE_OPENING_VOXELS = 3
+"""Side (voxels of the 2 mm grid) of the cube of the grey-level opening applied before the coarse level; 0: none."""
+NODULE_DIAMETER_PER_SIGMA = 3.0
+"""Diameter (mm) of the sphere whose blob response peaks at scale sigma (mm); calibrated on training phantoms."""
+NODULE_SCALE_WEIGHT_POWER = 4.0
+NODULE_SPHERICITY_POWER = 2.0
+"""The blob response is multiplied by (largest / smallest Hessian eigenvalue) to this power: vessel ends and
+bifurcations, curved more across than along, are suppressed."""
+"""The diameter is the average of the scales' diameters weighted by their blob response to this power."""
+NODULE_LOGIT_SLOPE = 475.0
+NODULE_LOGIT_OFFSET = 0.0545
+"""probability = sigmoid(slope * (blob response - offset)): a logistic regression of "this candidate is a true
+nodule" on the blob response of the candidates found in the training phantoms (seeds 100-119, 200 per scan)."""
+NODULE_MAX_BATCH_SIZE = 4
+NODULE_PROBABILITY_STEP = 250.0  # output channel 0: round(probability * 250)
+NODULE_DIAMETER_STEP = 4.0  # output channel 1: round(diameter_mm * 4), i.e. quarter millimetres, at most 63.75 mm
+_EPS = 1e-6
+
+
+def _gaussian_kernel(sigma_voxels: float) -> npt.NDArray[np.float32]:
+    """A sampled, normalised 1D Gaussian of +-3 sigma (at least one tap each side)."""
+    radius = max(1, math.ceil(3.0 * sigma_voxels))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma_voxels) ** 2)
+    return np.asarray(g / g.sum(), dtype=np.float32)
+
+
+def _hessian_kernels() -> npt.NDArray[np.float32]:
+    """Finite-difference second derivatives as a (6, 1, 3, 3, 3) Conv weight: zz, yy, xx, zy, zx, yx (in voxels)."""
+    k = np.zeros((6, 1, 3, 3, 3), dtype=np.float32)
+    second = np.array([1.0, -2.0, 1.0], dtype=np.float32)
+    k[0, 0, :, 1, 1] = second
+    k[1, 0, 1, :, 1] = second
+    k[2, 0, 1, 1, :] = second
+    cross = np.array([[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 1.0]], dtype=np.float32) / np.float32(4.0)
+    k[3, 0, :, :, 1] = cross
+    k[4, 0, :, 1, :] = cross
+    k[5, 0, 1, :, :] = cross
+    return k
+
+
+class _GraphBuilder:
+    """Nodes and initializers of one ONNX graph, named deterministically in creation order."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def const(self, value: npt.ArrayLike, hint: str, dtype: type = np.float32) -> str:
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name=name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: object) -> str:
+        names = [self.name(hint) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=names[0] + "_op", **attrs))
+        return names[0] if outputs == 1 else ",".join(names)
+
+    def split(self, x: str, parts: int, hint: str) -> list[str]:
+        return self.op("Split", [x], hint, outputs=parts, axis=1).split(",")
+
+    def blur(self, x: str, sigma_voxels: float, hint: str) -> str:
+        """Separable Gaussian blur of an (N, 1, D, H, W) tensor, edge-padded so the shape is kept."""
+        kernel = _gaussian_kernel(sigma_voxels)
+        r = len(kernel) // 2
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = len(kernel)
+            pads = [0] * 10
+            pads[2 + axis] = pads[7 + axis] = r
+            padded = self.op("Pad", [x, self.const(pads, "pads", np.int64)], f"{hint}_pad", mode="edge")
+            x = self.op(
+                "Conv",
+                [padded, self.const(kernel.reshape(shape), f"{hint}_kernel")],
+                f"{hint}_blur",
+                kernel_shape=shape[2:],
+            )
+        return x
+
+    def blob_response(self, smoothed: str, sigma_voxels: float, hint: str) -> str:
+        """Scale-normalised blob response ``max(0, -largest Hessian eigenvalue) * sigma^2`` of an (N, 1, D, H, W)
+        tensor: positive only where the intensity curves down in every direction (a bright blob), zero along a
+        bright tube (one eigenvalue ~0) or a plate. Eigenvalues of the symmetric 3x3 Hessian in closed form
+        (the trigonometric solution of the characteristic cubic), with elementwise ops only."""
+        pads = self.const([0, 0, 1, 1, 1, 0, 0, 1, 1, 1], "pads", np.int64)
+        padded = self.op("Pad", [smoothed, pads], f"{hint}_hpad", mode="edge")
+        weight = _hessian_kernels() * np.float32(sigma_voxels**2)
+        hessian = self.op(
+            "Conv", [padded, self.const(weight, f"{hint}_hessian")], f"{hint}_hessian", kernel_shape=[3, 3, 3]
+        )
+        a, b, c, d, e, f = self.split(hessian, 6, f"{hint}_h")
+        three = self.const(3.0, "three")
+        q = self.op("Div", [self.op("Sum", [a, b, c], f"{hint}_trace"), three], f"{hint}_q")
+        am, bm, cm = (self.op("Sub", [v, q], f"{hint}_shift") for v in (a, b, c))
+        dd, ee, ff = (self.op("Mul", [v, v], f"{hint}_sq") for v in (d, e, f))
+        p1 = self.op("Sum", [dd, ee, ff], f"{hint}_p1")
+        two = self.const(2.0, "two")
+        diag2 = self.op("Sum", [self.op("Mul", [v, v], f"{hint}_sq") for v in (am, bm, cm)], f"{hint}_diag2")
+        p2 = self.op("Add", [diag2, self.op("Mul", [p1, two], f"{hint}_p1x2")], f"{hint}_p2")
+        p = self.op(
+            "Add",
+            [
+                self.op("Sqrt", [self.op("Div", [p2, self.const(6.0, "six")], f"{hint}_p2n")], f"{hint}_psqrt"),
+                self.const(_EPS, "eps"),
+            ],
+            f"{hint}_p",
+        )
+        # det(H - qI) = am (bm cm - f^2) - d (d cm - f e) + e (d f - bm e)
+        t1 = self.op(
+            "Mul", [am, self.op("Sub", [self.op("Mul", [bm, cm], f"{hint}_m"), ff], f"{hint}_s")], f"{hint}_t1"
+        )
+        t2 = self.op(
+            "Mul",
+            [
+                d,
+                self.op(
+                    "Sub", [self.op("Mul", [d, cm], f"{hint}_m"), self.op("Mul", [f, e], f"{hint}_m")], f"{hint}_s"
+                ),
+            ],
+            f"{hint}_t2",
+        )
+        t3 = self.op(
+            "Mul",
+            [
+                e,
+                self.op(
+                    "Sub", [self.op("Mul", [d, f], f"{hint}_m"), self.op("Mul", [bm, e], f"{hint}_m")], f"{hint}_s"
+                ),
+            ],
+            f"{hint}_t3",
+        )
+        det = self.op("Add", [self.op("Sub", [t1, t2], f"{hint}_s"), t3], f"{hint}_det")
+        p3 = self.op("Mul", [self.op("Mul", [p, p], f"{hint}_m"), p], f"{hint}_p3")
+        r = self.op("Div", [det, self.op("Mul", [p3, two], f"{hint}_m")], f"{hint}_r")
+        r = self.op("Clip", [r, self.const(-1.0, "minus_one"), self.const(1.0, "one")], f"{hint}_rclip")
+        phi = self.op("Div", [self.op("Acos", [r], f"{hint}_acos"), three], f"{hint}_phi")
+        two_p = self.op("Mul", [p, two], f"{hint}_2p")
+        largest = self.op(
+            "Add", [q, self.op("Mul", [two_p, self.op("Cos", [phi], f"{hint}_cos")], f"{hint}_m")], f"{hint}_lmax"
+        )
+        blob = self.op("Relu", [self.op("Neg", [largest], f"{hint}_neg")], f"{hint}_blob")
+        if NODULE_SPHERICITY_POWER == 0.0:
+            return blob
+        # sphericity: largest / smallest eigenvalue, 1 for a sphere, lower for a vessel's end or a bifurcation
+        phi_low = self.op("Add", [phi, self.const(2.0 * math.pi / 3.0, "two_thirds_pi")], f"{hint}_phi3")
+        smallest = self.op(
+            "Add", [q, self.op("Mul", [two_p, self.op("Cos", [phi_low], f"{hint}_cos")], f"{hint}_m")], f"{hint}_lmin"
+        )
+        ratio = self.op(
+            "Div",
+            [largest, self.op("Sub", [smallest, self.const(_EPS, "eps")], f"{hint}_lmin_eps")],
+            f"{hint}_ratio",
+        )
+        ratio = self.op("Clip", [ratio, self.const(0.0, "zero"), self.const(1.0, "one")], f"{hint}_ratio01")
+        if NODULE_SPHERICITY_POWER == 2.0:
+            ratio = self.op("Mul", [ratio, ratio], f"{hint}_ratio_sq")
+        elif NODULE_SPHERICITY_POWER != 1.0:
+            ratio = self.op("Pow", [ratio, self.const(NODULE_SPHERICITY_POWER, "sph_power")], f"{hint}_ratio_pow")
+        return self.op("Mul", [blob, ratio], f"{hint}_spherical_blob")
+
+
+def lung_nodule_cad_graph() -> onnx.ModelProto:
+    """The nodule-CAD graph: multi-scale Hessian blob detector on a 2 mm isotropic HU window.
+
+    Input ``ct_hu`` INT16 [N, D, H, W]; output ``nodule_map`` UINT8 [N, 2, D, H, W]: channel 0 the nodule probability
+    of each voxel x 250, channel 1 the estimated nodule diameter in quarter millimetres.
+    """
+    g = _GraphBuilder()
+    low, high = NODULE_HU_WINDOW
+    hu = g.op("Cast", ["ct_hu"], "hu_float", to=TensorProto.FLOAT)
+    clipped = g.op("Clip", [hu, g.const(low, "hu_low"), g.const(high, "hu_high")], "hu_window")
+    scaled = g.op(
+        "Div",
+        [g.op("Sub", [clipped, g.const(low, "hu_low")], "hu_shift"), g.const(high - low, "hu_scale")],
+        "intensity",
+    )
+    x = g.op("Unsqueeze", [scaled, g.const([1], "channel_axis", np.int64)], "intensity_nc")
+
+    responses: list[str] = []
+    sigma_prev = 0.0
+    smoothed = x
+    for s_mm in NODULE_FINE_SCALES_MM:
+        s = s_mm / NODULE_SPACING_MM
+        smoothed = g.blur(smoothed, math.sqrt(s * s - sigma_prev * sigma_prev), f"fine{s_mm:g}")
+        sigma_prev = s
+        responses.append(g.blob_response(smoothed, s, f"fine{s_mm:g}"))
+    if NODULE_COARSE_OPENING_VOXELS > 1:
+        # grey-level opening (erosion then dilation by a cube) before the coarse level: vessels thinner than the
+        # cube vanish, blobs larger than it keep their shape, so a large nodule is not joined to its vessels
+        k = NODULE_COARSE_OPENING_VOXELS
+        pool = {"kernel_shape": [k, k, k], "strides": [1, 1, 1], "pads": [k // 2] * 6}
+        negated = g.op("Neg", [x], "negated")
+        eroded = g.op("Neg", [g.op("MaxPool", [negated], "erode_max", **pool)], "eroded")
+        opened = g.op("MaxPool", [eroded], "opened", **pool)
+        smoothed = g.blur(opened, sigma_prev, "opened_blur")
+    coarse = g.op("AveragePool", [smoothed], "coarse", kernel_shape=[2, 2, 2], strides=[2, 2, 2], ceil_mode=1)
+    coarse_spacing = 2.0 * NODULE_SPACING_MM
+    # effective sigma after the 2x2x2 average: the box adds a variance of (spacing / 2)^2 per axis
+    sigma_prev = math.sqrt((sigma_prev * NODULE_SPACING_MM) ** 2 + (NODULE_SPACING_MM / 2.0) ** 2) / coarse_spacing
+    coarse_responses = []
+    smoothed = coarse
+    for s_mm in NODULE_COARSE_SCALES_MM:
+        s = s_mm / coarse_spacing
+        smoothed = g.blur(smoothed, math.sqrt(s * s - sigma_prev * sigma_prev), f"coarse{s_mm:g}")
+        sigma_prev = s
+        coarse_responses.append(g.blob_response(smoothed, s, f"coarse{s_mm:g}"))
+    stacked_coarse = g.op("Concat", coarse_responses, "coarse_stack", axis=1)
+    fine_shape = g.op("Shape", [responses[0]], "fine_shape")
+    sizes = g.op(
+        "Concat",
+        [
+            g.op("Slice", [fine_shape, g.const([0], "i0", np.int64), g.const([1], "i1", np.int64)], "batch_dim"),
+            g.const([len(coarse_responses)], "coarse_channels", np.int64),
+            g.op("Slice", [fine_shape, g.const([2], "i2", np.int64), g.const([5], "i5", np.int64)], "spatial_dims"),
+        ],
+        "upsample_sizes",
+        axis=0,
+    )
+    upsampled = g.op(
+        "Resize",
+        [stacked_coarse, "", "", sizes],
+        "coarse_up",
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
+    )
+    stack = g.op("Concat", [*responses, upsampled], "scale_stack", axis=1)
+
+    best = g.op("ReduceMax", [stack], "best_response", axes=[1], keepdims=0)
+    scales = np.array([*NODULE_FINE_SCALES_MM, *NODULE_COARSE_SCALES_MM], dtype=np.float32)
+    diameters = g.const((scales * NODULE_DIAMETER_PER_SIGMA).reshape(1, -1, 1, 1, 1), "scale_diameters")
+    squared = g.op("Mul", [stack, stack], "scale_response_sq")
+    weights = g.op("Mul", [squared, squared], "scale_weights")  # response ** NODULE_SCALE_WEIGHT_POWER (4)
+    axis1 = g.const([1], "scale_axis", np.int64)
+    weighted = g.op("ReduceSum", [g.op("Mul", [weights, diameters], "weighted_d"), axis1], "sum_wd", keepdims=0)
+    total = g.op("Add", [g.op("ReduceSum", [weights, axis1], "sum_w", keepdims=0), g.const(1e-12, "tiny")], "sum_w_eps")
+    diameter = g.op("Div", [weighted, total], "diameter_mm")
+
+    logit = g.op(
+        "Mul",
+        [
+            g.op("Sub", [best, g.const(NODULE_LOGIT_OFFSET, "logit_offset")], "centred"),
+            g.const(NODULE_LOGIT_SLOPE, "logit_slope"),
+        ],
+        "logit",
+    )
+    probability = g.op("Sigmoid", [logit], "probability")
+
+    def quantise(value: str, step: float, top: float, hint: str) -> str:
+        q = g.op("Mul", [value, g.const(step, f"{hint}_step")], f"{hint}_scaled")
+        q = g.op(
+            "Round",
+            [g.op("Clip", [q, g.const(0.0, "zero"), g.const(top, f"{hint}_top")], f"{hint}_clip")],
+            f"{hint}_round",
+        )
+        q = g.op("Cast", [q], f"{hint}_u8", to=TensorProto.UINT8)
+        return g.op("Unsqueeze", [q, g.const([1], "channel_axis", np.int64)], f"{hint}_nc")
+
+    p8 = quantise(probability, NODULE_PROBABILITY_STEP, NODULE_PROBABILITY_STEP, "p")
+    d8 = quantise(diameter, NODULE_DIAMETER_STEP, 255.0, "d")
+    g.nodes.append(helper.make_node("Concat", [p8, d8], ["nodule_map"], name="nodule_map_op", axis=1))
+
+    graph = helper.make_graph(
+        g.nodes,
+        "lung_nodule_cad",
+        inputs=[helper.make_tensor_value_info("ct_hu", TensorProto.INT16, ["windows", "depth", "rows", "columns"])],
+        outputs=[
+            helper.make_tensor_value_info("nodule_map", TensorProto.UINT8, ["windows", 2, "depth", "rows", "columns"])
+        ],
+        initializer=g.initializers,
+        doc_string=(
+            "Pulmonary nodule candidates on a 2 mm isotropic CT window: multi-scale Hessian blob response "
+            "(-largest eigenvalue, scale-normalised), probability x250 and diameter in 0.25 mm. Not for clinical use."
+        ),
+    )
+    model = helper.make_model(
+        graph,
+        producer_name=PRODUCER_NAME,
+        producer_version=PRODUCER_VERSION,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        doc_string="imaging-cds lung-nodule-cad: constructed multi-scale blob detector (no trained weights).",
+    )
+    model.model_version = 1
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 LUNG_DENSITY_CONFIG = f"""\
 name: "{LUNG_DENSITY_MODEL}"
 backend: "onnxruntime"
@@ -129,6 +437,49 @@ def write_lung_density(out: Path) -> Path:
     model_path = model_dir / "1" / "model.onnx"
     model_path.write_bytes(lung_density_graph().SerializeToString(deterministic=True))
     (model_dir / "config.pbtxt").write_text(LUNG_DENSITY_CONFIG, encoding="utf-8")
+    return model_path
+
+
+LUNG_NODULE_CAD_CONFIG = f"""\
+name: "{LUNG_NODULE_CAD_MODEL}"
+backend: "onnxruntime"
+max_batch_size: {NODULE_MAX_BATCH_SIZE}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+input [
+  {{
+    name: "ct_hu"
+    data_type: TYPE_INT16
+    dims: [ -1, -1, -1 ]
+  }}
+]
+output [
+  {{
+    name: "nodule_map"
+    data_type: TYPE_UINT8
+    dims: [ 2, -1, -1, -1 ]
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+  priority_levels: 2
+  default_priority_level: 2
+}}
+instance_group [
+  {{
+    kind: KIND_CPU
+    count: 1
+  }}
+]
+"""
+
+
+def write_lung_nodule_cad(out: Path) -> Path:
+    """Write ``<out>/lung-nodule-cad/1/model.onnx`` and ``config.pbtxt``; returns the model path."""
+    model_dir = out / LUNG_NODULE_CAD_MODEL
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    model_path = model_dir / "1" / "model.onnx"
+    model_path.write_bytes(lung_nodule_cad_graph().SerializeToString(deterministic=True))
+    (model_dir / "config.pbtxt").write_text(LUNG_NODULE_CAD_CONFIG, encoding="utf-8")
     return model_path
 
 
@@ -188,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model_path = write_lung_density(args.out)
     print(f"wrote {model_path}")
+    print(f"wrote {write_lung_nodule_cad(args.out)}")
     if args.evaluate:
         print(evaluate_lung_density(model_path, args.evaluate))
     return 0

@@ -56,6 +56,12 @@ selection:
   body_parts: [CHEST]
   min_instances: 10
   max_slice_spacing_mm: 5.0
+# What the output means, so the worker charts it with no code of its own: a made-up finding of a test fixture.
+classification:
+  codes:
+    - {{system: "https://example.org/fhir/CodeSystem/test-fixture", code: toy-finding, display: Toy finding}}
+  threshold: 0.5
+  aggregate: max
 """
 
 

@@ -20,11 +20,10 @@ from imaging_cds.analysis.radiomics import cli as radiomics_cli
 from imaging_cds.config import Settings
 from imaging_cds.deid import cli as deid_cli
 from imaging_cds.errors import NotAnalyzableError
-from imaging_cds.inference.manifest import ModelManifest, load_manifest, load_manifests
+from imaging_cds.inference.manifest import ManifestError, ModelManifest, load_manifest, load_manifests
 from imaging_cds.jobs.model import Job, JobState
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_ANALYSABLE = 0, 1, 2
-DEFAULT_MODEL = "lung-density"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse one study folder locally (onnxruntime, no servers)")
     p.add_argument("study_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="folder for bundle.json and key_image.png")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument(
+        "--model", action="append", default=None, help="a model to run (repeatable); default: every model there is"
+    )
     p.add_argument("--model-repository", type=Path, default=None, help="default: IMAGING_CDS_MODEL_REPOSITORY")
     p.add_argument("--subject", default="Patient/unknown", help="FHIR reference of the patient, e.g. Patient/123")
     p.add_argument("--imaging-study-id", default=None, help="FHIR ImagingStudy id the report should reference")
@@ -73,7 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_gateway)
 
     p = sub.add_parser("worker", help="run a worker, configured by IMAGING_CDS_*")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a model to run (repeatable); default: IMAGING_CDS_MODELS, or every model in the repository",
+    )
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("jobs", help="operate the job queue: list, show, replay, cancel (IMAGING_CDS_REDIS_URL)")
@@ -102,11 +108,12 @@ def _analyze(args: argparse.Namespace) -> int:
     if not args.study_dir.is_dir():
         print(f"error: {args.study_dir} is not a folder", file=sys.stderr)
         return EXIT_ERROR
-    model = load_manifest(_model_repository(args) / args.model)
+    repository = _model_repository(args)
+    models = [load_manifest(repository / name) for name in args.model] if args.model else load_manifests(repository)
     result = analyze_folder(
         args.study_dir,
         args.out,
-        model,
+        models,
         LocalOnnxBackend(),
         subject=args.subject,
         imaging_study_id=args.imaging_study_id,
@@ -125,12 +132,16 @@ def _model_repository(args: argparse.Namespace) -> Path:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"study {summary['study_uid']}, series {summary['series_uid']}, model {summary['model']}")
-    for key, m in summary["measurements"].items():
-        print(f"  {key:<20} {m['value']:>10g} {m['display_unit']}")
-    print(summary["conclusion"])
+    print(f"study {summary['study_uid']}")
+    for model in summary["models"]:
+        print(f"model {model['model']}, series {model['series_uid']}")
+        for key, m in model["measurements"].items():
+            print(f"  {key:<20} {m['value']:>10g} {m['display_unit']}")
+        print(f"  {model['conclusion']}")
+        print(f"  key image: {model['key_image']}")
+    for refused in summary["not_analysable"]:
+        print(f"model {refused['model']}: not analysable: {refused['reason']}")
     print(f"FHIR transaction Bundle: {summary['bundle']}")
-    print(f"key image:               {summary['key_image']}")
     print(f"done in {summary['stage_seconds']['total']:.1f} s")
 
 
@@ -158,7 +169,8 @@ def _worker(args: argparse.Namespace) -> int:
     from imaging_cds.worker.service import Worker
 
     settings = Settings.from_env()
-    model = load_manifest(settings.model_repository / args.model)
+    models = worker_models(settings, args.model)
+    logging.getLogger("imaging_cds.worker").info("models: %s", ", ".join(f"{m.name} {m.version}" for m in models))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -169,10 +181,27 @@ def _worker(args: argparse.Namespace) -> int:
     ):
         backend = TritonBackend.from_settings(settings)
         try:
-            Worker(settings, queue, fhir, pacs, backend, model).run(stop)
+            Worker(settings, queue, fhir, pacs, backend, models).run(stop)
         finally:
             backend.close()
     return EXIT_OK
+
+
+def worker_models(settings: Settings, names: list[str] | None) -> list[ModelManifest]:
+    """The models a worker runs: ``names`` (``--model``), else IMAGING_CDS_MODELS, else every model folder."""
+    from imaging_cds.analysis.findings import post_processing_problem
+
+    wanted = names or [n.strip() for n in settings.models.split(",") if n.strip()]
+    if wanted:
+        models = [load_manifest(settings.model_repository / name) for name in wanted]
+    else:
+        models = load_manifests(settings.model_repository)
+    if not models:
+        raise ManifestError(f"{settings.model_repository}: no model folders (each needs manifest.yaml)")
+    problems = [p for p in map(post_processing_problem, models) if p is not None]
+    if problems:  # refuse to start rather than fail every job: `imaging-cds models check` says the same
+        raise ManifestError("; ".join(problems))
+    return models
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -224,6 +253,7 @@ def _job_row(job: Job) -> dict[str, Any]:
         "deliveries": job.deliveries,
         "outcome": job.outcome,
         "report": job.report_reference,
+        "reports": list(job.report_references),
         "updated": job.updated,
         "stage_seconds": job.stage_seconds,
     }

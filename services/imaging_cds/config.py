@@ -48,7 +48,12 @@ class Settings:
     triton_tls_ca_file: str = ""
     triton_tls_cert_file: str = ""
     triton_tls_key_file: str = ""
+    # "system": input and output tensors through POSIX shared memory registered with Triton, which must share the
+    # worker's /dev/shm (same host; in Kubernetes a sidecar with an in-memory emptyDir); falls back to gRPC, logged.
+    triton_shared_memory: str = "none"
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    # The models a worker runs: names of folders in model_repository, comma-separated; empty: every model there.
+    models: str = ""
     # Where the FHIR server reaches the gateway's webhook; the Subscription's channel endpoint.
     public_webhook_url: str = "http://127.0.0.1:8090/fhir/notify"
     http_host: str = "127.0.0.1"
@@ -125,6 +130,7 @@ class Settings:
             raise ValueError("IMAGING_CDS_GRPC_TLS_CERT_FILE and IMAGING_CDS_GRPC_TLS_KEY_FILE go together")
         if bool(settings.triton_tls_cert_file) != bool(settings.triton_tls_key_file):
             raise ValueError("IMAGING_CDS_TRITON_TLS_CERT_FILE and IMAGING_CDS_TRITON_TLS_KEY_FILE go together")
+        _one_of("TRITON_SHARED_MEMORY", settings.triton_shared_memory, ("none", "system"))
         _one_of("SUBSCRIPTION_MODE", settings.subscription_mode, ("rest-hook", "backport", "none"))
         _one_of("BACKPORT_CONTENT", settings.backport_content, ("empty", "id-only", "full-resource"))
         _one_of("FHIR_AUTH", settings.fhir_auth, ("none", "smart"))

@@ -28,3 +28,8 @@ class TransientError(ImagingCdsError):
 
 class InvalidNotificationError(ImagingCdsError):
     """A webhook or API request that does not describe an ImagingStudy we can queue; answered with a 4xx."""
+
+
+class ModelConfigurationError(ImagingCdsError):
+    """A model in the repository that the worker cannot use as configured (no post-processing for it, a manifest
+    that contradicts its outputs); the job fails for a person to fix the model folder, then replay."""

@@ -50,6 +50,9 @@ FAST = {  # short timeouts so crash recovery happens within a test's time
     "IMAGING_CDS_RETRY_CAP_S": "4",
     "IMAGING_CDS_MAX_DELIVERIES": "60",
     "IMAGING_CDS_SUBSCRIPTION_CHECK_S": "2",
+    # These tests are about intake and the job engine, not the models: one model keeps each job short. Several
+    # models per study are tested end to end in test_study_to_report.py.
+    "IMAGING_CDS_MODELS": "lung-density",
 }
 
 

@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
-from imaging_cds.inference.manifest import load_manifest
+from imaging_cds.inference.manifest import load_manifest, load_manifests
 from imaging_cds.inference.triton import TritonBackend
 from imaging_cds.jobs.queue import queue_from_settings
 from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
@@ -127,13 +127,29 @@ def charted(stack: Stack, chest_ct: SampleStudy) -> dict[str, Any]:
         stack.fhir, chest_ct.study_instance_uid, stack.settings.dicomweb_url, chest_ct.n_instances, with_order=True
     )
     subject = study["subject"]["reference"]
+    models = load_manifests(stack.settings.model_repository)
     reports = wait_for(
-        "a DiagnosticReport for the patient",
-        lambda: stack.fhir.search("DiagnosticReport", {"subject": subject}),
+        "a DiagnosticReport for the patient from each model",
+        lambda: (
+            (found := stack.fhir.search("DiagnosticReport", {"subject": subject}))
+            and len(found) == len(models)
+            and found
+        ),
         timeout_s=300,
         every_s=2,
     )
-    return {"study": study, "subject": subject, "report": reports[0]}
+    return {
+        "study": study,
+        "subject": subject,
+        "report": report_of(reports, "lung-density"),
+        "nodule_report": report_of(reports, "lung-nodule-cad"),
+    }
+
+
+def report_of(reports: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    """The report that ``model`` wrote (its meta.tag names model@version)."""
+    (report,) = [r for r in reports if r["meta"]["tag"][0]["code"].split("@")[0] == model]
+    return report
 
 
 def chart_of(stack: Stack, subject: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -147,7 +163,8 @@ def chart_of(stack: Stack, subject: str) -> tuple[list[dict[str, Any]], dict[str
 def test_chest_ct_becomes_a_report_in_the_patients_chart(
     stack: Stack, chest_ct: SampleStudy, charted: dict[str, Any]
 ) -> None:
-    (report,), results = chart_of(stack, charted["subject"])
+    reports, results = chart_of(stack, charted["subject"])
+    report = report_of(reports, "lung-density")
     assert report["id"] == charted["report"]["id"]
     assert report["status"] == "preliminary"
     assert report["code"]["coding"][0]["code"] == "18748-4"
@@ -227,10 +244,12 @@ def test_replayed_notification_creates_no_second_report(stack: Stack, charted: d
         Worker(stack.settings, queue, stack.fhir, stack.pacs, backend, model).process_study(charted["study"]["id"])
     finally:
         backend.close()
-    (report,) = stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})
-    assert report["meta"]["versionId"] == "1"
+    reports = stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})
+    report = report_of(reports, "lung-density")
+    assert report["meta"]["versionId"] == "1" and len(reports) == 2
     observations = stack.fhir.search("Observation", {"subject": charted["subject"]})
-    assert len(observations) == len(report["result"]) == 6  # measurements, the emphysema finding, radiomics
+    assert len(report["result"]) == 6  # measurements, the emphysema finding, radiomics
+    assert len(observations) == sum(len(r["result"]) for r in reports)
 
 
 def test_a_new_model_version_amends_the_report_and_keeps_its_history(stack: Stack, charted: dict[str, Any]) -> None:
@@ -246,7 +265,9 @@ def test_a_new_model_version_amends_the_report_and_keeps_its_history(stack: Stac
         backend.close()
     first = charted["report"]
     assert outcome.report_reference == again.report_reference == f"DiagnosticReport/{first['id']}"
-    (report,), results = chart_of(stack, charted["subject"])
+    reports, included = chart_of(stack, charted["subject"])
+    report = report_of(reports, "lung-density")
+    results = {k: v for k, v in included.items() if f"Observation/{k}" in {r["reference"] for r in report["result"]}}
     assert report["id"] == first["id"] and report["identifier"] == first["identifier"]
     assert report["status"] == "amended" and report["meta"]["tag"][0]["code"] == f"lung-density@{newer.version}"
     assert sorted(r["reference"] for r in report["result"]) == sorted(r["reference"] for r in first["result"])
@@ -255,7 +276,7 @@ def test_a_new_model_version_amends_the_report_and_keeps_its_history(stack: Stac
     for obs in results.values():
         assert obs["status"] == "amended" and newer.version in obs["method"]["text"]
         assert len(stack.fhir.history(f"Observation/{obs['id']}")) == 2
-    assert len(stack.fhir.search("Observation", {"subject": charted["subject"]})) == len(results)
+    assert len(stack.fhir.search("Observation", {"subject": charted["subject"]})) == len(included)
     device = stack.fhir.read(next(iter(results.values()))["device"]["reference"])
     assert device is not None and newer.version in {v["value"] for v in device["version"]}
     provenances = stack.fhir.search("Provenance", {"target": f"DiagnosticReport/{first['id']}"})
@@ -273,7 +294,7 @@ def test_the_same_dicom_study_under_another_patient_fails_visibly_and_writes_not
     assert final.state == jobs_pb2.JOB_STATE_FAILED
     assert "for another patient" in final.outcome and charted["report"]["id"] in final.outcome
     assert stack.fhir.search("DiagnosticReport", {"subject": misfiled["subject"]["reference"]}) == []
-    assert len(stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})) == 1
+    assert len(stack.fhir.search("DiagnosticReport", {"subject": charted["subject"]})) == 2  # one per model
 
 
 def test_malformed_or_unauthenticated_notifications_enqueue_nothing(stack: Stack) -> None:
@@ -310,12 +331,14 @@ def test_a_study_that_is_not_a_chest_ct_gets_a_cancelled_report_that_says_why(st
     final = list(stack.grpc.WatchJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=120))[-1]
     assert final.state == jobs_pb2.JOB_STATE_NOT_ANALYZABLE
     assert study_uid in final.outcome and "no series fits" in final.outcome and "MR" in final.outcome
-    (report,) = stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]})
-    assert f"cancelled report DiagnosticReport/{report['id']} written" in final.outcome
-    assert report["status"] == "cancelled" and "result" not in report
-    assert report["conclusion"].startswith("Not analysed: the AI (")
-    assert "no series fits" in report["conclusion"] and "MR" in report["conclusion"]
-    assert not [marker for marker in PHI_MARKERS if marker in json.dumps(report)]
+    reports = stack.fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]})
+    assert len(reports) == len(load_manifests(stack.settings.model_repository))  # each model says why it did not run
+    for report in reports:
+        assert f"cancelled report DiagnosticReport/{report['id']} written" in final.outcome
+        assert report["status"] == "cancelled" and "result" not in report
+        assert report["conclusion"].startswith("Not analysed: the AI (")
+        assert "no series fits" in report["conclusion"] and "MR" in report["conclusion"]
+        assert not [marker for marker in PHI_MARKERS if marker in json.dumps(report)]
 
 
 def test_grpc_rejects_bad_requests_with_proper_codes(stack: Stack) -> None:

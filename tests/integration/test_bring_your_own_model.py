@@ -13,15 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
+from imaging_cds.cli import worker_models
+from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
+from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.errors import TransientError
+from imaging_cds.fhir.client import FhirClient
 from imaging_cds.inference.backend import STAT_PRIORITY
 from imaging_cds.inference.local import LocalOnnxBackend
 from imaging_cds.inference.manifest import load_manifest
 from imaging_cds.inference.triton import TritonBackend
-from imaging_cds.sample.synthetic_ct import make_chest_ct
-from tests.conftest import SANDBOX
+from imaging_cds.jobs.queue import queue_from_settings
+from imaging_cds.sample.synthetic_ct import make_chest_ct, write_sample_study
+from imaging_cds.worker.service import Worker
+from tests.conftest import SANDBOX, service_env
+from tests.fhir_validation import assert_valid_r4
 from tests.model_factory import TOY_MODEL, write_toy_model
+from tests.services import create_study_in_ehr, store_folder
 
 pytestmark = pytest.mark.services
 
@@ -98,3 +105,44 @@ def test_a_version_triton_does_not_serve_is_refused_not_silently_replaced(reposi
             triton.infer(unpinned, np.zeros((2, 8, 8), dtype=np.int16))
     finally:
         triton.close()
+
+
+def test_the_added_model_charts_a_study_end_to_end_with_no_code_change(
+    repository: Path, triton_url: str, sandbox: dict[str, str], tmp_path: Path
+) -> None:
+    """The worker, configured only by settings (the copied repository, the added model's name), takes a study from
+    the PACS, runs the new model on Triton and charts its finding in the EHR: from its manifest alone."""
+    env = service_env(
+        sandbox,
+        IMAGING_CDS_TRITON_GRPC_URL=triton_url,
+        IMAGING_CDS_MODEL_REPOSITORY=str(repository),
+        IMAGING_CDS_MODELS=TOY_MODEL,
+    )
+    settings = Settings.from_env(env)
+    models = worker_models(settings, None)  # what `imaging-cds worker` runs with these settings
+    assert [m.name for m in models] == [TOY_MODEL]
+    sample = write_sample_study(tmp_path, seed=4, n_slices=64)  # 4.3 mm apart: within the toy manifest's 5 mm
+    model = models[0]
+    expected = float(LocalOnnxBackend().infer(model, make_chest_ct(seed=4, n_slices=64)[0]).max())
+    triton = TritonBackend(triton_url)
+    with FhirClient(settings.fhir_url) as fhir, PacsClient(settings.dicomweb_url, settings.dicomweb_username,
+                                                            settings.dicomweb_password) as pacs:  # fmt: skip
+        store_folder(pacs, sample.study_dir)
+        study = create_study_in_ehr(fhir, sample.study_instance_uid, settings.dicomweb_url, sample.n_instances)
+        try:
+            outcome = Worker(settings, queue_from_settings(settings), fhir, pacs, triton, models).process_study(
+                study["id"]
+            )
+        finally:
+            triton.close()
+        (report,) = fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]})
+        (finding,) = fhir.search("Observation", {"subject": study["subject"]["reference"]})
+    assert outcome.report_references == (f"DiagnosticReport/{report['id']}",)
+    assert report["status"] == "preliminary" and report["meta"]["tag"][0]["code"] == f"{TOY_MODEL}@0.1.0"
+    assert finding["code"]["coding"][0]["code"] == "toy-finding" and "bodySite" not in finding
+    (probability,) = finding["component"]
+    assert probability["valueQuantity"]["value"] == round(expected, 2)
+    present = expected >= 0.5
+    assert finding["valueCodeableConcept"]["coding"][0]["display"] == ("Present" if present else "Absent")
+    assert f"probability {expected:.2f}" in report["conclusion"]
+    assert_valid_r4([report, finding])

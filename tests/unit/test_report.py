@@ -344,9 +344,9 @@ def test_a_study_that_could_not_be_analysed_gets_a_cancelled_report_saying_why()
     assert report["status"] == "preliminary" and len(report["result"]) == 5
 
 
-def test_a_report_without_measurements_is_refused() -> None:
+def test_a_report_without_results_is_refused() -> None:
     empty = Findings("1.2.3", (), "", (), b"", "")
-    with pytest.raises(ValueError, match="no measurements"):
+    with pytest.raises(ValueError, match="no results"):
         bundle(findings=empty)
 
 

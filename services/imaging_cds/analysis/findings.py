@@ -7,6 +7,7 @@ the manifest's ``radiomics`` configuration it also computes the IBSI features of
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from imaging_cds.analysis.classification import classification_findings
 from imaging_cds.analysis.lung_density import (
     LAA_THRESHOLD_HU,
     LungDensityMeasures,
@@ -23,9 +25,10 @@ from imaging_cds.analysis.lung_density import (
     measure_lung_density,
     render_key_image,
 )
+from imaging_cds.analysis.nodule_findings import nodule_findings
 from imaging_cds.analysis.radiomics.config import RadiomicsConfig
 from imaging_cds.analysis.radiomics.features import FEATURES
-from imaging_cds.errors import NotAnalyzableError
+from imaging_cds.errors import ModelConfigurationError, NotAnalyzableError
 from imaging_cds.fhir import codes
 from imaging_cds.fhir.codes import Code, Unit
 from imaging_cds.fhir.report import (
@@ -37,6 +40,8 @@ from imaging_cds.fhir.report import (
     RegionFeatures,
 )
 from imaging_cds.imaging.volume import CtVolume
+from imaging_cds.inference.manifest import ModelManifest
+from imaging_cds.inference.windows import ResampledOutput
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +243,41 @@ def _key_image_title(volume: CtVolume, z: int, emphysema: bool) -> str:
 
 
 ANALYZERS: dict[str, Analyzer] = {"lung-density": lung_density_findings}
+"""Slice models (no ``preprocessing``): manifest ``name`` -> post-processing of the (z, y, x) output."""
+
+VolumeAnalyzer = Callable[[ModelManifest, CtVolume, ResampledOutput], Findings]
+VOLUME_ANALYZERS: dict[str, VolumeAnalyzer] = {"lung-nodule-cad": nodule_findings}
+"""Volume models (``preprocessing``: resampled, sliding windows): manifest ``name`` -> post-processing."""
+
+
+def analyze_slices(model: ModelManifest, volume: CtVolume, output: np.ndarray) -> Findings:
+    """The findings of a slice model's output (same (z, y, x) shape and order as ``volume.hu``)."""
+    analyzer = ANALYZERS.get(model.name)
+    if analyzer is not None:
+        return analyzer(volume, output, radiomics=model.radiomics)
+    if model.classification is not None:
+        return classification_findings(model, volume, output)
+    raise ModelConfigurationError(f"model {model.name}: {NO_POST_PROCESSING}")
+
+
+def analyze_volume(model: ModelManifest, volume: CtVolume, result: ResampledOutput) -> Findings:
+    """The findings of a volume model's stitched output."""
+    analyzer = VOLUME_ANALYZERS.get(model.name)
+    if analyzer is None:
+        raise ModelConfigurationError(f"model {model.name}: {NO_POST_PROCESSING}")
+    return analyzer(model, volume, result)
+
+
+NO_POST_PROCESSING = (
+    "no post-processing for it: give its manifest a classification section (what its output means), or register "
+    "an analyzer for its name in imaging_cds.analysis.findings"
+)
+
+
+def post_processing_problem(model: ModelManifest) -> str | None:
+    """Why the worker could not chart ``model``'s output (None: it can); ``models check`` and worker start-up ask."""
+    if model.preprocessing is None:
+        known = model.name in ANALYZERS or model.classification is not None
+    else:
+        known = model.name in VOLUME_ANALYZERS
+    return None if known else f"{model.path / 'manifest.yaml'}: {NO_POST_PROCESSING}"

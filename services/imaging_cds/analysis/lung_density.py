@@ -415,15 +415,17 @@ def key_image_slice(
 def render_key_image(
     hu_slice: npt.NDArray[np.generic],
     mask_slice: npt.NDArray[np.bool_],
-    laa_threshold: float = LAA_THRESHOLD_HU,
+    laa_threshold: float | None = LAA_THRESHOLD_HU,
     max_bytes: int = KEY_IMAGE_MAX_BYTES,
+    outline_legend: str = "lung outline",
 ) -> bytes:
     """A PNG of one axial slice ``(y, x)`` (rows, columns), one image pixel per CT pixel, for a clinician's eyes.
 
-    Lung window (W1500/L-600) grayscale; the lung outline in cyan; lung voxels below ``laa_threshold`` HU tinted
-    amber; ``KEY_IMAGE_LABEL`` burned in at the top left and a legend (window, colours) at the bottom left, over the
-    air around the patient. An 8-bit indexed PNG, normally ``columns x rows`` pixels; should it still exceed
-    ``max_bytes`` (very large matrices), it is scaled down until it fits.
+    Lung window (W1500/L-600) grayscale; the outline of ``mask_slice`` in cyan (``outline_legend`` names it); mask
+    voxels below ``laa_threshold`` HU tinted amber (None: no tint); ``KEY_IMAGE_LABEL`` burned in at the top left
+    and a legend (window, colours) at the bottom left, over the air around the patient. An 8-bit indexed PNG,
+    normally ``columns x rows`` pixels; should it still exceed ``max_bytes`` (very large matrices), it is scaled down
+    until it fits.
     """
     if hu_slice.shape != mask_slice.shape or hu_slice.ndim != 2:
         raise ValueError(f"hu_slice {hu_slice.shape} and mask_slice {mask_slice.shape} must be one (y, x) shape")
@@ -432,14 +434,14 @@ def render_key_image(
     gray = np.clip((hu - low) / np.float32(LUNG_WINDOW_WIDTH_HU), 0.0, 1.0)
     index = np.rint(gray * (_GRAY_LEVELS - 1)).astype(np.uint8)
     mask = np.asarray(mask_slice, dtype=bool)
-    laa = mask & (hu < laa_threshold)
-    index[laa] = _GRAY_LEVELS + np.rint(gray[laa] * (_TINT_LEVELS - 1)).astype(np.uint8)
+    if laa_threshold is not None:
+        laa = mask & (hu < laa_threshold)
+        index[laa] = _GRAY_LEVELS + np.rint(gray[laa] * (_TINT_LEVELS - 1)).astype(np.uint8)
     outline = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), dtype=bool), border_value=0)
     index[outline] = _OUTLINE_INDEX
-    legend = (
-        f"Lung window W{LUNG_WINDOW_WIDTH_HU:g} L{LUNG_WINDOW_LEVEL_HU:g} | cyan: lung outline | "
-        f"amber: below {laa_threshold:g} HU"
-    )
+    legend = f"Lung window W{LUNG_WINDOW_WIDTH_HU:g} L{LUNG_WINDOW_LEVEL_HU:g} | cyan: {outline_legend}"
+    if laa_threshold is not None:
+        legend += f" | amber: below {laa_threshold:g} HU"
     _burn_label(index, KEY_IMAGE_LABEL, top=True)
     _burn_label(index, legend, top=False)
     image = Image.fromarray(index, mode="P")

@@ -1,7 +1,8 @@
 """De-identified copies of DICOM instances for research data sets (DICOM PS3.15 Annex E, Basic Profile).
 
-``Deidentifier.deidentify(ds)`` returns a new dataset under the Basic Application Level Confidentiality Profile
-(``profile.ACTIONS``, then a sweep by value representation so nothing the table misses carries an identity out):
+``Deidentifier.deidentify(ds)`` returns a new dataset under the Basic Application Level Confidentiality Profile: every
+attribute of Table E.1-1 (``profile.TABLE``, the whole table as data) gets its action, in sequences too, then a
+sweep by value representation makes sure nothing the table misses carries an identity out:
 
 - UIDs are replaced by ``2.25.<n>``, n derived from the original by HMAC-SHA-256 under a secret key: the same
   original always maps to the same new UID, so studies, series, frames of reference and references between
@@ -10,8 +11,9 @@
 - Dates are shifted back by a number of days per patient (derived from the key and the original Patient ID, or
   fixed with ``date_shift_days``), which keeps intervals between a patient's studies (the Retain Longitudinal
   Temporal Information with Modified Dates Option), or removed (``dates="remove"``).
-- Patient's Name and Patient ID become one pseudonym per patient; the other identifying attributes are removed
-  or emptied; private attributes, overlays and curves are removed.
+- Patient's Name and Patient ID become one pseudonym per patient (a dummy value, which Z and Z/D allow); the other
+  identifying attributes are removed, emptied or given dummy values as the table says; every other attribute of
+  the Patient module, private attributes, overlays and curves are removed.
 - PatientIdentityRemoved is YES and DeidentificationMethod / DeidentificationMethodCodeSequence say what was done.
 
 Pixel data is copied unchanged. Text burned into the pixels is not removed: ``burned_in_text_risk`` flags images
@@ -34,13 +36,21 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from imaging_cds import __version__
-from imaging_cds.deid.profile import ACTIONS, KEEP_UID_TAGS
+from imaging_cds.deid.profile import KEEP_UID_TAGS, resolve, row_for
 
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
 MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
 _BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "ES", "XC", "GM", "SM", "OT", "DOC", "SC"})
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _DUMMY = "ANONYMIZED"
+_PATIENT_NAME, _PATIENT_ID = 0x00100010, 0x00100020
+# Never shifted, even with the Modified Dates Option: a birth date (shifted or not, with the shift known for one
+# study) narrows down who the patient is; the table empties it (Z) and so do we.
+_NOT_SHIFTED = frozenset({0x00100030, 0x00100032})  # Patient's Birth Date, Patient's Birth Time
+_DATES_AND_TIMES = frozenset({"DA", "DT", "TM"})
+_NUMBERS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT"})
+_BYTES = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_DUMMY_BY_VR: dict[str, Any] = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "DS": "0", "IS": "0"}
 
 
 @dataclass(frozen=True)
@@ -114,30 +124,39 @@ class Deidentifier:
     def _clean(self, ds: Dataset, patient_id: str, shift: int | None) -> None:
         for element in list(ds):
             tag = int(element.tag)
-            group = tag >> 16
-            if element.tag.is_private or 0x5000 <= group <= 0x50FF or (0x6000 <= group <= 0x60FF and group % 2 == 0):
-                del ds[element.tag]  # private, curves, overlays
-                continue
-            action = ACTIONS.get(tag)
-            if action == "X":
-                del ds[element.tag]
-                continue
-            if action == "Z":
-                element.value = Sequence() if element.VR == "SQ" else ""
-                continue
-            if action == "D":
-                element.value = _DUMMY
-                continue
-            if action == "PSEUDONYM":
+            row = row_for(tag)
+            if _outside_profile(tag) or (row is None and tag >> 16 == 0x0010):
+                del ds[element.tag]  # private, curves, overlays; the Patient module's attributes the table omits
+            elif tag in (_PATIENT_NAME, _PATIENT_ID):
                 element.value = self.pseudonym(patient_id)
-                continue
-            if action is None and group == 0x0010:
-                del ds[element.tag]  # the Patient module: anything the table does not name goes too
-                continue
-            if element.VR == "SQ":
-                for item in element.value or []:
-                    self._clean(item, patient_id, shift)
-                continue
+            elif shift is not None and element.VR in _DATES_AND_TIMES and tag not in _NOT_SHIFTED:
+                self._by_vr(element, tag, shift)  # the Modified Dates Option: its column is C for every date and time
+            elif row is None:
+                self._sweep(element, tag, patient_id, shift)
+            else:
+                self._apply(ds, element, resolve(row.code), patient_id, shift)
+
+    def _apply(self, ds: Dataset, element: Any, action: str, patient_id: str, shift: int | None) -> None:
+        """One action of the table (``profile.resolve``d) on ``element`` of ``ds``."""
+        if action == "X":
+            del ds[element.tag]
+        elif action == "Z":
+            element.value = element.empty_value
+        elif element.VR == "UI" and action in ("U", "U*", "D"):
+            element.value = _each(element.value, self.uid)
+        elif action == "K" or element.VR == "SQ":  # K; D and U* on a sequence: its items, cleaned
+            self._sweep(element, int(element.tag), patient_id, shift)
+        elif action in ("D", "C"):  # C does not occur in the Basic Profile column; a dummy is the safe reading
+            element.value = _dummy(element.VR)
+        else:  # U or U* on an attribute that is not a UID: what it holds goes
+            element.value = element.empty_value
+
+    def _sweep(self, element: Any, tag: int, patient_id: str, shift: int | None) -> None:
+        """An attribute kept: a sequence's items cleaned, a value checked by its value representation."""
+        if element.VR == "SQ":
+            for item in element.value or []:
+                self._clean(item, patient_id, shift)
+        else:
             self._by_vr(element, tag, shift)
 
     def _by_vr(self, element: Any, tag: int, shift: int | None) -> None:
@@ -175,6 +194,22 @@ def burned_in_text_risk(ds: Dataset) -> str:
     if str(ds.get("BurnedInAnnotation", "")).upper() != "NO" and modality in ("CR", "DX", "MG", "RF", "XA", "PX"):
         return f"modality {modality} without BurnedInAnnotation NO (projection images often carry labels)"
     return ""
+
+
+def _outside_profile(tag: int) -> bool:
+    """Private attributes, curves (50xx) and overlays (60xx, even groups): removed whole (an overlay's rows and
+    origin are of no use without its data, which the table removes)."""
+    group = tag >> 16
+    return group % 2 == 1 or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF
+
+
+def _dummy(vr: str) -> Any:
+    """A value of the VR that says nothing (PS3.15 action D)."""
+    if vr in _NUMBERS:
+        return 0
+    if vr in _BYTES:
+        return b""
+    return _DUMMY_BY_VR.get(vr, _DUMMY)
 
 
 def _copy(ds: Dataset) -> Dataset:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from imaging_cds.dicomweb.series import SeriesSummary
 from imaging_cds.errors import NotAnalyzableError
-from imaging_cds.inference.manifest import SeriesRule
+from imaging_cds.inference.manifest import ModelManifest, SeriesRule
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,26 @@ def select_series(study_uid: str, series: list[SeriesSummary], rule: SeriesRule)
     if accepted:
         return max(accepted, key=lambda s: (s.n_images, s.series_uid))
     raise NoSeriesQualifies(study_uid, rule, tuple(rejected))
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """Which models read which series of a study, and the models that accept none of its series."""
+
+    reads: list[tuple[SeriesSummary, list[ModelManifest]]] = field(default_factory=list)
+    rejected: list[tuple[ModelManifest, NotAnalyzableError]] = field(default_factory=list)
+
+
+def plan_series(study_uid: str, series: list[SeriesSummary], models: Sequence[ModelManifest]) -> SeriesPlan:
+    """Each model's series (``select_series``), grouped so that a series read by several models is retrieved once."""
+    plan = SeriesPlan()
+    by_uid: dict[str, tuple[SeriesSummary, list[ModelManifest]]] = {}
+    for model in models:
+        try:
+            chosen = select_series(study_uid, series, model.selection)
+        except NotAnalyzableError as err:
+            plan.rejected.append((model, err))
+            continue
+        by_uid.setdefault(chosen.series_uid, (chosen, []))[1].append(model)
+    plan.reads.extend(by_uid.values())
+    return plan

@@ -125,3 +125,17 @@ ASSEMBLER = Code(PROVENANCE_PARTICIPANT_TYPE, "assembler", "Assembler")
 
 # The finding keys in identifiers (stable across model versions, like Measure.key).
 EMPHYSEMA_FINDING_KEY = "emphysema"
+
+# -- Pulmonary nodules (computer-aided detection) ---------------------------------------------------------------------
+# The finding's own codes come from the model's manifest (detection.codes: RadElement, RadLex, SNOMED CT); these are
+# its components. Diameter: SNOMED CT qualifier "Diameter" (as in DICOM CID 3423). No standard code names a detection
+# model's probability or a point in DICOM patient coordinates, so those are the project's own.
+DIAMETER = Code(SNOMED, "81827009", "Diameter")
+DETECTION_PROBABILITY = Code(MEASURE_SYSTEM, "detection-probability", "Detection probability (CAD model output)")
+CENTRE_LPS_X = Code(MEASURE_SYSTEM, "centre-lps-x", "Centre, DICOM patient x (towards patient's left)")
+CENTRE_LPS_Y = Code(MEASURE_SYSTEM, "centre-lps-y", "Centre, DICOM patient y (towards posterior)")
+CENTRE_LPS_Z = Code(MEASURE_SYSTEM, "centre-lps-z", "Centre, DICOM patient z (towards head)")
+MILLIMETRE = Unit("mm", "mm")
+PROBABILITY = Unit("1", "probability")
+NODULES_FINDING_KEY = "pulmonary-nodules"
+"""Key of the single 'no nodule found' finding; each nodule found is ``nodule-<rank>`` (most probable first)."""

@@ -92,7 +92,9 @@ class CodedFinding:
     value: Code
     interpretation: Code | None = None
     components: tuple[Component, ...] = ()
-    body_site: Code = codes.LUNG_STRUCTURE
+    body_site: Code | None = codes.LUNG_STRUCTURE  # None: the model states no body site
+    also_coded: tuple[Code, ...] = ()  # the same concept in other code systems (RadLex, RadElement...)
+    text: str = ""  # the finding in words, where more than its code (e.g. "Pulmonary nodule 1 of 3")
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,8 @@ def build_report_bundle(
     """
     if status not in ("preliminary", "final"):
         raise ValueError(f"report status must be preliminary or final, got {status!r}")
-    if not findings.measurements:
-        raise ValueError(f"study {study.study_uid}: no measurements; a report without results is not written")
+    if not (findings.measurements or findings.coded_findings or findings.radiomics):
+        raise ValueError(f"study {study.study_uid}: no results; a report without results is not written")
     device_id = device_identifier(algorithm)
     device = _device(algorithm, device_id)
     report_id = report_identifier(study.study_uid, algorithm)
@@ -286,7 +288,7 @@ def summary_text(algorithm: Algorithm, findings: Findings, status: str) -> str:
         lines.append(f"- Radiomics, {r.region.display}: {len(r.features)} IBSI features ({r.method})")
     for f in findings.coded_findings:
         parts = [_component_text(c) for c in f.components]
-        lines.append(f"- {f.code.display}: {f.value.display}" + (f" ({'; '.join(parts)})" if parts else ""))
+        lines.append(f"- {f.text or f.code.display}: {f.value.display}" + (f" ({'; '.join(parts)})" if parts else ""))
     lines.append("Not for use as the sole basis of a clinical decision.")
     return "\n".join(lines)
 
@@ -336,7 +338,7 @@ def _observation_entry(
     device_id: str,
     status: str,
     code: dict[str, Any],
-    body_site: Code,
+    body_site: Code | None,
     method: str = "",
 ) -> dict[str, Any]:
     """What every Observation we write shares: identifier, AIAST label, subject, device, study, body site, method."""
@@ -353,9 +355,10 @@ def _observation_entry(
         "device": {"reference": device_id},
         "derivedFrom": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
         "partOf": [{"reference": f"ImagingStudy/{study.imaging_study_id}"}],
-        "bodySite": body_site.concept(),
         "method": codes.MEASUREMENT_METHOD.concept(f"{method}; {algorithm_text}" if method else algorithm_text),
     }
+    if body_site is not None:
+        resource["bodySite"] = body_site.concept()
     if study.encounter:
         resource["encounter"] = {"reference": study.encounter}
     return {"fullUrl": full_url, "resource": resource}
@@ -539,7 +542,8 @@ def not_analysed_conclusion(algorithm: Algorithm, reason: str) -> str:
 def _finding_observation(
     study: StudyContext, algorithm: Algorithm, findings: Findings, f: CodedFinding, device_id: str, status: str
 ) -> dict[str, Any]:
-    entry = _observation_entry(study, algorithm, findings, f.key, device_id, status, f.code.concept(), f.body_site)
+    code = {"coding": [c.coding() for c in (f.code, *f.also_coded)], "text": f.text or f.code.display}
+    entry = _observation_entry(study, algorithm, findings, f.key, device_id, status, code, f.body_site)
     resource = entry["resource"]
     resource["valueCodeableConcept"] = f.value.concept()
     if f.interpretation:

@@ -44,6 +44,7 @@ def job_message(job: Job) -> jobs_pb2.Job:
         state=_STATES[job.state],
         outcome=job.outcome,
         report_reference=job.report_reference,
+        report_references=list(job.report_references),
         attempts=job.attempts,
         created=_timestamp(job.created),
         updated=_timestamp(job.updated),

@@ -1,9 +1,16 @@
 """Decoding a series' instances into a ``VolumeBuilder``, as they arrive.
 
-Native (uncompressed) pixel data is converted straight from the instance's bytes into the volume's slot. Frames in
-a compressed transfer syntax (JPEG 2000, JPEG-LS, JPEG lossless, RLE...) are decoded by pydicom's decoders with the
-pylibjpeg plugins; those hold the GIL, so with more than one core they run in a small pool of processes (one per
-core, started once and kept), and at most a few frames are in flight: memory stays bounded however long the series.
+Native (uncompressed) pixel data is converted straight from the instance's bytes into the volume's slot.
+
+Frames in a compressed transfer syntax are decoded, for single-sample monochrome images (CT), by imagecodecs when it
+is installed: OpenJPEG for JPEG 2000, CharLS for JPEG-LS, libjpeg-turbo for JPEG lossless (process 14). These
+release the GIL, so with more than one core the frames are decoded by a pool of threads (one per core) and put into
+the volume by the caller's thread; nothing is pickled or copied between processes. The stored values are those
+pydicom's ``pixel_array`` gives (same dtype, same sign correction of JPEG 2000 and JPEG-LS codestreams; the tests
+compare them on pydicom's test files). Everything else (RLE, lossy JPEG, colour images, or any of these when
+imagecodecs is missing or rejects a frame) goes through pydicom's decoders with the pylibjpeg plugins, which hold
+the GIL: with more than one core those run in a small pool of processes, started at the first such frame and kept.
+Either way at most a few frames are in flight, so memory stays bounded however long the series.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,12 +39,78 @@ from imaging_cds.imaging.instance import (
 from imaging_cds.imaging.quality import SliceFacts
 from imaging_cds.imaging.volume import SliceValues, VolumeBuilder
 
+try:
+    import imagecodecs
+except ImportError:  # pragma: no cover - a dependency; without it pydicom's decoders do all the work
+    imagecodecs = None  # type: ignore[assignment]
+
 Instance = bytes | bytearray | memoryview | pydicom.Dataset
+FrameCodec = Callable[[bytes], np.ndarray]
 _IN_FLIGHT_PER_WORKER = 3
+
+_J2K = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})  # JPEG 2000 lossless, lossy
+_JLS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})  # JPEG-LS lossless, near-lossless
+_JPEG_LOSSLESS = frozenset({"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"})  # process 14, and its SV1
+_MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
+# JPEG start-of-frame markers (their segment's first byte is the sample precision): SOF0-SOF15 less DHT, JPG and
+# DAC, and JPEG-LS's SOF55.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC} | {0xF7})
+
+
+# -- one frame ----------------------------------------------------------------------------------------------------
+
+
+def fast_codec(syntax: str, options: dict[str, Any]) -> FrameCodec | None:
+    """The imagecodecs decoder for one frame's codestream in ``syntax``, or None where pydicom decodes it.
+
+    Only single-sample monochrome images of 8 or 16 bits allocated: the layouts whose stored values are checked to
+    match pydicom's."""
+    if imagecodecs is None:
+        return None
+    if options["samples_per_pixel"] != 1 or options["photometric_interpretation"] not in _MONOCHROME:
+        return None
+    if options["bits_allocated"] not in (8, 16):
+        return None
+    if syntax in _J2K and imagecodecs.JPEG2K.available:
+        return _jpeg2k
+    if syntax in _JLS and imagecodecs.JPEGLS.available:
+        return imagecodecs.jpegls_decode
+    if syntax in _JPEG_LOSSLESS and imagecodecs.JPEG8.available:
+        return imagecodecs.jpeg8_decode
+    return None
+
+
+def _jpeg2k(codestream: bytes) -> np.ndarray:
+    # One OpenJPEG thread per frame: the pool already decodes one frame per core, more threads would only
+    # oversubscribe them.
+    return imagecodecs.jpeg2k_decode(codestream, numthreads=1)
+
+
+def decode_codestream(syntax: str, codestream: bytes, options: dict[str, Any]) -> np.ndarray:
+    """One frame's codestream (its fragments joined) as stored values, (rows, columns), exactly as pydicom's
+    ``pixel_array`` gives them. ``options``: ``InstanceHeader.decoder_options()``."""
+    codec = fast_codec(syntax, options)
+    if codec is not None:
+        try:
+            return _conform(syntax, codestream, codec(codestream), options)
+        except (ValueError, RuntimeError):  # imagecodecs' errors are RuntimeError subclasses; let pydicom try
+            pass
+    from pydicom.encaps import encapsulate
+
+    return _decode_with_pydicom(syntax, encapsulate([codestream]), {**options, "number_of_frames": 1})
 
 
 def decode_frame(syntax: str, value: bytes, options: dict[str, Any]) -> np.ndarray:
     """One frame of encapsulated pixel data (its value: offset table and fragments), as stored values."""
+    from pydicom.encaps import generate_frames
+
+    if fast_codec(syntax, options) is None:
+        return _decode_with_pydicom(syntax, value, options)
+    (codestream,) = generate_frames(value, number_of_frames=1)
+    return decode_codestream(syntax, codestream, options)
+
+
+def _decode_with_pydicom(syntax: str, value: bytes, options: dict[str, Any]) -> np.ndarray:
     from pydicom.pixels.decoders.base import get_decoder
 
     decoder = get_decoder(syntax)
@@ -45,34 +119,90 @@ def decode_frame(syntax: str, value: bytes, options: dict[str, Any]) -> np.ndarr
     return np.asarray(array)
 
 
+def _conform(syntax: str, codestream: bytes, decoded: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+    """``decoded`` as the stored values pydicom gives: the dtype of Bits Allocated and Pixel Representation (the
+    codec's bytes reinterpreted, as pydicom does), and a codestream whose signedness disagrees with Pixel
+    Representation sign-corrected as pydicom does (``pydicom.pixels.decoders.base._apply_sign_correction``)."""
+    signed = int(options["pixel_representation"])
+    dtype = np.dtype(f"{'i' if signed else 'u'}{options['bits_allocated'] // 8}")
+    if decoded.shape != (options["rows"], options["columns"]) or decoded.dtype.itemsize != dtype.itemsize:
+        raise ValueError(f"decoded {decoded.dtype} {decoded.shape}, expected {dtype} rows x columns")
+    array = decoded.view(dtype)
+    shift = 0
+    if syntax in _J2K:
+        from pydicom.pixels.utils import get_j2k_parameters
+
+        params = get_j2k_parameters(codestream)
+        precision = int(params.get("precision", options["bits_stored"]))
+        if bool(params.get("is_signed", signed)) != bool(signed):
+            shift = 8 * dtype.itemsize - precision
+    elif syntax in _JLS and signed:
+        shift = 8 * dtype.itemsize - (_jpeg_precision(codestream) or int(options["bits_stored"]))
+    if shift > 0:
+        np.left_shift(array, shift, out=array)
+        np.right_shift(array, shift, out=array)
+    return array
+
+
+def _jpeg_precision(codestream: bytes) -> int | None:
+    """The sample precision in a JPEG or JPEG-LS codestream's start-of-frame segment; None if there is none."""
+    pos = 2  # after SOI
+    while pos + 4 < len(codestream) and codestream[pos] == 0xFF:
+        marker = codestream[pos + 1]
+        if marker in _SOF_MARKERS:
+            return codestream[pos + 4]
+        pos += 2 + int.from_bytes(codestream[pos + 2 : pos + 4], "big")
+    return None
+
+
 def _ready() -> bool:
     import pydicom.pixels  # noqa: F401  (import the decoders once, before the first frame)
 
     return True
 
 
+# -- the pool -----------------------------------------------------------------------------------------------------
+
+
 class DecodePool:
-    """Processes that decode compressed frames; one per core. Shared by every series of this process."""
+    """Decodes compressed frames beside the caller, one worker per core; shared by every series of this process.
+
+    Frames that imagecodecs decodes go to threads (it releases the GIL); the rest go to processes (pydicom's
+    pylibjpeg plugins hold it), started at the first such frame."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        # forkserver: a clean process to fork from, never a copy of a parent running gRPC or HTTP threads. (Like
-        # every multiprocessing start method but fork, it imports the main module in the children: a script that
-        # decodes compressed series needs the usual ``if __name__ == "__main__":`` guard.)
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["imaging_cds.imaging.decode"])
-        self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self._processes: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
-    def submit(self, syntax: str, value: bytes, options: dict[str, Any]) -> Future[np.ndarray]:
-        return self._executor.submit(decode_frame, syntax, value, options)
+    def submit(self, syntax: str, codestream: bytes, options: dict[str, Any]) -> Future[np.ndarray]:
+        """Decode one frame's codestream (``decode_codestream``)."""
+        executor: Executor = self._threads if fast_codec(syntax, options) is not None else self._process_pool()
+        return executor.submit(decode_codestream, syntax, codestream, options)
 
-    def warm(self) -> None:
-        """Start the processes and load the decoders now, not at the first compressed frame."""
-        for f in [self._executor.submit(_ready) for _ in range(self.workers)]:
+    def warm(self, processes: bool = False) -> None:
+        """Start the threads (and with ``processes`` the processes) and load the decoders now, not at the first
+        compressed frame."""
+        executors: list[Executor] = [self._threads, *([self._process_pool()] if processes else [])]
+        for f in [e.submit(_ready) for e in executors for _ in range(self.workers)]:
             f.result()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.shutdown(wait=True, cancel_futures=True)
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._processes is None:
+                # forkserver: a clean process to fork from, never a copy of a parent running gRPC or HTTP threads.
+                # (Like every multiprocessing start method but fork, it imports the main module in the children:
+                # a script that decodes such series needs the usual ``if __name__ == "__main__":`` guard.)
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["imaging_cds.imaging.decode"])
+                self._processes = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            return self._processes
 
 
 _pool: DecodePool | None = None
@@ -140,30 +270,26 @@ class SeriesDecoder:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _add_encapsulated(self, header: InstanceHeader) -> None:
-        value = header.encapsulated_value()
-        options = header.decoder_options()
-        if header.frames > 1:
-            from pydicom.encaps import encapsulate, generate_frames
+        from pydicom.encaps import generate_frames
 
-            values = [encapsulate([f]) for f in generate_frames(value, number_of_frames=header.frames)]
-            options["number_of_frames"] = 1
-        else:
-            values = [value]
-        for frame, frame_value in enumerate(values):
+        options = header.decoder_options()
+        options["number_of_frames"] = 1  # each codestream is one frame
+        codestreams = generate_frames(header.encapsulated_value(), number_of_frames=header.frames)
+        for frame, codestream in enumerate(codestreams):
             if self._pool is None:
-                self._put(header, frame, self._decode_here(header, frame_value, options))
+                self._put(header, frame, self._decode_here(header, codestream, options))
                 continue
             slot = self.builder.reserve((header.rows, header.columns))
-            future = self._pool.submit(header.transfer_syntax, frame_value, options)
+            future = self._pool.submit(header.transfer_syntax, codestream, options)
             self._pending.append((slot, future, header, frame))
             limit = _IN_FLIGHT_PER_WORKER * self._pool.workers
             while len(self._pending) > limit:
                 self._complete()
             self.poll()
 
-    def _decode_here(self, header: InstanceHeader, value: bytes, options: dict[str, Any]) -> np.ndarray:
+    def _decode_here(self, header: InstanceHeader, codestream: bytes, options: dict[str, Any]) -> np.ndarray:
         try:
-            return decode_frame(header.transfer_syntax, value, options)
+            return decode_codestream(header.transfer_syntax, codestream, options)
         except Exception as err:  # decoders raise many types for corrupt or unsupported data
             raise self._error(header.sop_uid, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from err
 
@@ -171,7 +297,7 @@ class SeriesDecoder:
         slot, future, header, frame = self._pending.popleft()
         try:
             stored = future.result()
-        except Exception as err:  # a decoder error in the worker process arrives here
+        except Exception as err:  # a decoder error in a worker arrives here
             self.abandon()
             raise self._error(header.sop_uid, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from err
         self._put(header, frame, stored, slot)

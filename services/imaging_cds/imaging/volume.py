@@ -201,16 +201,19 @@ class VolumeBuilder:
         bigger[: self._buf.shape[0]] = self._buf
         self._buf = bigger
 
-    def finish(self, limits: QualityLimits) -> CtVolume:
-        """Order, canonicalise and check; raises QualityCheckFailed naming each failed check."""
-        return self.finish_with(limits, ())[0]
+    def check(self, limits: QualityLimits) -> QualityVerdict:
+        """The quality verdict under ``limits`` (no ordering, nothing raised): several models may read one series,
+        each with its own limits."""
+        slices, _, _, normal, positions = self._geometry()
+        return check_series(self.series_uid, slices, limits, normal, positions)
 
-    def finish_with(self, limits: QualityLimits, companions: Sequence[np.ndarray]) -> tuple[CtVolume, list[np.ndarray]]:
-        """``finish``, and ``companions`` (arrays indexed like the slots on axis 0, e.g. model outputs of shape
-        (n, rows, columns)) ordered, flipped and transposed exactly as the volume (in place where possible)."""
+    def _geometry(
+        self,
+    ) -> tuple[list[SliceFacts], _Frame, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(slice facts, frame, slot order along the slice normal, normal, sorted positions); the last two None when
+        sizes, orientations or pixel spacings are mixed."""
         if not self._slots or self._buf is None:
             raise NotAnalyzableError(self.study_uid, f"series {self.series_uid}: no images")
-        n = len(self._slots)
         facts = [s.facts for s in self._slots]
         if any(f is None for f in facts):
             raise RuntimeError("finish() before every reserved slot was filled")
@@ -221,16 +224,28 @@ class VolumeBuilder:
             and len({tuple(round(v, 4) for v in f.pixel_spacing_mm) for f in slices}) == 1
         )
         normal = positions = None
-        order = np.arange(n)
+        order = np.arange(len(slices))
         frame = _Frame.of(slices[0].orientation)
         if geometry_ok:
             normal = frame.normal
             along = np.array([np.dot(f.position_lps_mm, normal) for f in slices])
             order = np.argsort(along * frame.z_sign, kind="stable")
             positions = np.sort(along)
+        return slices, frame, order, normal, positions
+
+    def finish(self, limits: QualityLimits) -> CtVolume:
+        """Order, canonicalise and check; raises QualityCheckFailed naming each failed check."""
+        return self.finish_with(limits, ())[0]
+
+    def finish_with(self, limits: QualityLimits, companions: Sequence[np.ndarray]) -> tuple[CtVolume, list[np.ndarray]]:
+        """``finish``, and ``companions`` (arrays indexed like the slots on axis 0, e.g. model outputs of shape
+        (n, rows, columns)) ordered, flipped and transposed exactly as the volume (in place where possible)."""
+        slices, frame, order, normal, positions = self._geometry()
         verdict = check_series(self.series_uid, slices, limits, normal, positions)
         if not verdict.passed:
             raise QualityCheckFailed(self.study_uid, verdict)
+        assert self._buf is not None
+        n = len(slices)
         arrays = [self._buf[:n], *companions]
         for array in arrays:
             _permute_in_place(array, order)

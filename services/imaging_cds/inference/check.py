@@ -81,8 +81,13 @@ def check_model(folder: Path) -> ModelCheck:
         manifest = load_manifest(folder)
     except ManifestError as err:
         return ModelCheck(folder, None, (str(err),))
+    from imaging_cds.analysis.findings import post_processing_problem  # the worker's side: can it chart the output?
+
     problems, dims = _check_config(folder, manifest)
     problems += _check_onnx(manifest, dims)
+    unknown = post_processing_problem(manifest)
+    if unknown is not None:
+        problems.append(unknown)
     return ModelCheck(folder, manifest, tuple(problems))
 
 

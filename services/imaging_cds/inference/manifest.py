@@ -5,6 +5,10 @@ adding a model is a new folder, not a code change. It says which series the mode
 it, and which result codings its measurements carry. An optional ``radiomics`` section asks for IBSI radiomics
 features of each region the model segments: an IBSI reference configuration (``preset``, A-E) and the feature
 ``families``, any other field of :class:`~imaging_cds.analysis.radiomics.RadiomicsConfig` overriding the preset.
+
+Two more optional sections serve models that see the volume rather than slices (e.g. ``lung-nodule-cad``):
+``preprocessing`` (resample to a fixed spacing, then cut into overlapping windows: :class:`Preprocessing`) and
+``detection`` (what the output channels mean, the finding's codes, the reporting threshold: :class:`DetectionSpec`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,90 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class SlidingWindow:
+    """How a resampled volume is cut into model inputs: windows of at most ``size`` voxels (z, y, x), neighbours
+    sharing ``overlap`` voxels per axis, of which each window keeps only its own half (the centre crop). Every window
+    of a volume has one shape, a multiple of ``multiple_of`` per axis (edge-padded where the volume is smaller)."""
+
+    size: tuple[int, int, int]
+    overlap: tuple[int, int, int]
+    multiple_of: int = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the worker does to a CT volume before inference (the model's own HU window is inside the graph).
+
+    ``spacing_mm``: (z, y, x) spacing the volume is resampled to (``interpolation``: ``linear``).
+    ``hu_window``: the HU range the model clips to, stated for readers; the worker sends HU unchanged.
+    ``window``: the sliding window. ``crop_to_body_hu``: when set, the in-plane box of voxels above this HU (the body)
+    is cut out before windows are made, so air around the patient costs nothing."""
+
+    spacing_mm: tuple[float, float, float]
+    window: SlidingWindow
+    interpolation: str = "linear"
+    hu_window: tuple[float, float] | None = None
+    crop_to_body_hu: float | None = None
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    system: str
+    code: str
+    display: str
+
+
+@dataclass(frozen=True)
+class OutputChannel:
+    """One channel of a detection model's output: value = stored * ``scale`` (in ``unit``)."""
+
+    name: str
+    scale: float
+    unit: str = "1"
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    """What a detection model's output means and which findings are reported.
+
+    ``channels``: the output's channels in order (axis 1). ``codes``: the finding's codings (RadElement, RadLex,
+    SNOMED CT). ``report_threshold``: findings below this probability are not reported. ``max_findings``: at most
+    this many per series, most probable first. ``min_separation_mm``: two findings closer than this (centre to
+    centre, or within the larger one's radius) are one. ``diameter_mm``: reported sizes are clamped to this range.
+    ``inside_lungs``: findings must lie inside the lungs."""
+
+    channels: tuple[OutputChannel, ...]
+    codes: tuple[FindingCode, ...]
+    report_threshold: float
+    max_findings: int
+    min_separation_mm: float
+    diameter_mm: tuple[float, float]
+    inside_lungs: bool = True
+
+    def channel(self, name: str) -> int:
+        """Index of the channel called ``name``; ValueError naming the channels there are."""
+        for index, channel in enumerate(self.channels):
+            if channel.name == name:
+                return index
+        raise ValueError(f"detection.channels has no {name!r}; it has {[c.name for c in self.channels]}")
+
+
+@dataclass(frozen=True)
+class ClassificationSpec:
+    """What a classification model's output means, so a hospital's own classifier is charted with no code change.
+
+    The output holds, per slice, the probability of one finding (``(slices, 1)`` or ``(slices,)``); ``aggregate``
+    (``max`` or ``mean``) turns it into the series' probability. At or above ``threshold`` the finding is reported
+    present (interpretation abnormal), below it absent. ``codes``: the finding's codings (SNOMED CT, RadLex,
+    RadElement), the first being the Observation's primary one; ``body_site``: where (default: none stated)."""
+
+    codes: tuple[FindingCode, ...]
+    threshold: float
+    aggregate: str = "max"
+    body_site: FindingCode | None = None
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     name: str
     title: str
@@ -75,6 +163,9 @@ class ModelManifest:
     selection: SeriesRule
     path: Path
     radiomics: RadiomicsConfig | None = None  # IBSI features of each segmented region; None: none
+    preprocessing: Preprocessing | None = None  # volume models: resampling and sliding windows; None: per slice
+    detection: DetectionSpec | None = None  # detection models: output channels, codes, reporting threshold
+    classification: ClassificationSpec | None = None  # classifiers: the finding, its codes and threshold
 
     @property
     def onnx_path(self) -> Path:
@@ -113,6 +204,114 @@ def _parse(raw: dict[str, Any], model_dir: Path) -> ModelManifest:
         selection=parse_selection(sel),
         path=model_dir,
         radiomics=_radiomics(raw.get("radiomics")),
+        preprocessing=_preprocessing(raw.get("preprocessing")),
+        detection=_detection(raw.get("detection")),
+        classification=_classification(raw.get("classification")),
+    )
+
+
+def _triple(value: Any, where: str, kind: type[int] | type[float]) -> Any:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ValueError(f"{where}: expected three numbers (z, y, x), got {value!r}")
+    numbers = tuple(kind(v) for v in value)
+    if any(v <= 0 for v in numbers):
+        raise ValueError(f"{where}: every value must be positive, got {value!r}")
+    return numbers
+
+
+def _mapping(section: Any, where: str) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: expected a mapping, got {section!r}")
+    return section
+
+
+def _preprocessing(section: Any) -> Preprocessing | None:
+    if section is None:
+        return None
+    raw = _mapping(section, "preprocessing")
+    resample = _mapping(raw.get("resample"), "preprocessing.resample")
+    interpolation = str(resample.get("interpolation", "linear"))
+    if interpolation != "linear":
+        raise ValueError(f"preprocessing.resample.interpolation: only 'linear' is supported, got {interpolation!r}")
+    sliding = _mapping(raw.get("sliding_window"), "preprocessing.sliding_window")
+    size = _triple(sliding.get("size"), "preprocessing.sliding_window.size", int)
+    overlap = tuple(int(v) for v in sliding.get("overlap", (0, 0, 0)))
+    if len(overlap) != 3 or any(o < 0 or o >= s for o, s in zip(overlap, size, strict=True)):
+        raise ValueError(
+            f"preprocessing.sliding_window.overlap: three voxel counts, each at least 0 and below the window size "
+            f"{size}, got {sliding.get('overlap')!r}"
+        )
+    multiple = int(sliding.get("multiple_of", 1))
+    if multiple < 1 or any(s % multiple for s in size):
+        raise ValueError(f"preprocessing.sliding_window.multiple_of {multiple} must be >= 1 and divide size {size}")
+    hu_window = raw.get("hu_window")
+    crop = raw.get("crop_to_body_hu")
+    return Preprocessing(
+        spacing_mm=_triple(resample.get("spacing_mm"), "preprocessing.resample.spacing_mm", float),
+        window=SlidingWindow(size=size, overlap=(overlap[0], overlap[1], overlap[2]), multiple_of=multiple),
+        interpolation=interpolation,
+        hu_window=None if hu_window is None else (float(hu_window[0]), float(hu_window[1])),
+        crop_to_body_hu=None if crop is None else float(crop),
+    )
+
+
+def _detection(section: Any) -> DetectionSpec | None:
+    if section is None:
+        return None
+    raw = _mapping(section, "detection")
+    channels = tuple(
+        OutputChannel(name=str(c["name"]), scale=float(c["scale"]), unit=str(c.get("unit", "1")))
+        for c in raw["channels"]
+    )
+    if not channels:
+        raise ValueError("detection.channels: name at least one output channel")
+    codes = tuple(
+        FindingCode(system=str(c["system"]), code=str(c["code"]), display=str(c["display"])) for c in raw["codes"]
+    )
+    threshold = float(raw["report_threshold"])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"detection.report_threshold: a probability in [0, 1], got {threshold}")
+    low, high = (float(v) for v in raw["diameter_mm"])
+    if not 0.0 <= low < high:
+        raise ValueError(f"detection.diameter_mm: [low, high] with 0 <= low < high, got {raw['diameter_mm']!r}")
+    spec = DetectionSpec(
+        channels=channels,
+        codes=codes,
+        report_threshold=threshold,
+        max_findings=int(raw["max_findings"]),
+        min_separation_mm=float(raw.get("min_separation_mm", 0.0)),
+        diameter_mm=(low, high),
+        inside_lungs=bool(raw.get("inside_lungs", True)),
+    )
+    if spec.max_findings < 1:
+        raise ValueError(f"detection.max_findings: at least 1, got {spec.max_findings}")
+    return spec
+
+
+def _finding_code(raw: Any, where: str) -> FindingCode:
+    item = _mapping(raw, where)
+    return FindingCode(system=str(item["system"]), code=str(item["code"]), display=str(item["display"]))
+
+
+def _classification(section: Any) -> ClassificationSpec | None:
+    if section is None:
+        return None
+    raw = _mapping(section, "classification")
+    codes = tuple(_finding_code(c, "classification.codes[]") for c in raw["codes"])
+    if not codes:
+        raise ValueError("classification.codes: give at least one coding of the finding")
+    threshold = float(raw["threshold"])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"classification.threshold: a probability in [0, 1], got {threshold}")
+    aggregate = str(raw.get("aggregate", "max"))
+    if aggregate not in ("max", "mean"):
+        raise ValueError(f"classification.aggregate: max or mean, got {aggregate!r}")
+    site = raw.get("body_site")
+    return ClassificationSpec(
+        codes=codes,
+        threshold=threshold,
+        aggregate=aggregate,
+        body_site=_finding_code(site, "classification.body_site") if site is not None else None,
     )
 
 

@@ -7,21 +7,33 @@ own backoff takes over. Requests name the manifest's pinned model version and ar
 answers. A batch goes as requests of about ``request_bytes`` (never more than the model's ``max_batch_size`` items),
 at most ``max_in_flight`` of them outstanding per process, so Triton's dynamic batcher is kept busy without an
 unbounded client-side queue.
+
+Tensors travel inside the gRPC messages unless ``shared_memory="system"``: then each request's input and output
+go through POSIX shared memory (``/dev/shm``) registered with Triton, and only the request's metadata goes over
+gRPC. That needs Triton on the same host (in Kubernetes: a sidecar in the worker's pod sharing an in-memory
+``/dev/shm``). It saves the protobuf copies and the loopback transfer of every tensor: on the 2-core test machine
+that is most of Triton's overhead (``bench/inference.py``). When the server cannot open the regions (another host,
+another ``/dev/shm``) the backend logs why once and sends tensors over gRPC from then on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+import tritonclient.utils.shared_memory as system_shm
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from imaging_cds.config import Settings
 from imaging_cds.errors import TransientError
@@ -31,6 +43,7 @@ from imaging_cds.inference.manifest import ModelManifest
 log = logging.getLogger(__name__)
 
 RETRYABLE = ("StatusCode.UNAVAILABLE",)
+SHARED_MEMORY_MODES = ("none", "system")
 T = TypeVar("T")
 
 
@@ -51,6 +64,142 @@ class TritonOptions:
     tls_ca_file: str = ""  # PEM roots; empty: the system's
     tls_cert_file: str = ""  # PEM client certificate chain, for mutual TLS
     tls_key_file: str = ""
+    # "system": input and output tensors through POSIX shared memory registered with Triton (same host only);
+    # "none": inside the gRPC messages.
+    shared_memory: str = "none"
+
+
+class SharedMemoryError(Exception):
+    """A shared-memory region could not be made, registered or used. ``fatal``: this Triton cannot use the
+    process's shared memory at all (tensors go over gRPC from now on); otherwise only this request goes over gRPC
+    and the region is registered again before its next use."""
+
+    def __init__(self, message: str, fatal: bool) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+@dataclass
+class _Region:
+    """One POSIX shared-memory object (``/dev/shm/<name>``) registered with Triton under the same name."""
+
+    name: str
+    byte_size: int
+    handle: Any  # tritonclient.utils.shared_memory.SharedMemoryRegion
+
+    @property
+    def key(self) -> str:
+        return f"/{self.name}"
+
+
+@dataclass
+class _Slot:
+    """The input and output regions of one request in flight, reused by the requests that take the slot in turn.
+    ``stale``: Triton may have lost the registrations (it restarted); register again before the next use."""
+
+    index: int
+    regions: dict[str, _Region] = field(default_factory=dict)  # "input" / "output"
+    stale: bool = False
+
+
+class SystemSharedMemory:
+    """A fixed number of slots (one per request in flight), each a pair of regions that grow to the largest
+    request seen; registered with Triton lazily, unregistered and unlinked by :meth:`close`."""
+
+    def __init__(self, client: grpcclient.InferenceServerClient, url: str, slots: int, timeout_s: float) -> None:
+        self._client = client
+        self._url = url
+        self._timeout_s = timeout_s
+        self._prefix = f"imaging-cds-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._all = [_Slot(i) for i in range(max(1, slots))]
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for slot in self._all:
+            self._free.put(slot)
+
+    @contextmanager
+    def slot(self) -> Iterator[_Slot]:
+        """A free slot for one request (callers hold the in-flight semaphore, so one is always free soon)."""
+        slot = self._free.get(timeout=self._timeout_s)
+        try:
+            if slot.stale:
+                self._register_again(slot)
+            yield slot
+        finally:
+            self._free.put(slot)
+
+    def write_input(self, slot: _Slot, batch: np.ndarray) -> _Region:
+        region = self.region(slot, "input", batch.nbytes)
+        system_shm.set_shared_memory_region(region.handle, [batch])
+        return region
+
+    def read_output(self, slot: _Slot, datatype: str, shape: list[int]) -> np.ndarray:
+        """A copy of the output Triton wrote into the slot's output region (the region is reused at once)."""
+        view = system_shm.get_contents_as_numpy(slot.regions["output"].handle, triton_to_np_dtype(datatype), shape)
+        return np.array(view, copy=True)
+
+    def region(self, slot: _Slot, role: str, byte_size: int) -> _Region:
+        """The slot's ``role`` region, made (or replaced by a larger one) and registered to hold ``byte_size``."""
+        region = slot.regions.get(role)
+        if region is not None and region.byte_size >= byte_size:
+            return region
+        if region is not None:
+            self._release(region)
+            del slot.regions[role]
+        region = self._create(f"{self._prefix}-{slot.index}-{role}", max(byte_size, 1))
+        slot.regions[role] = region
+        return region
+
+    def close(self) -> None:
+        for slot in self._all:
+            for region in slot.regions.values():
+                self._release(region)
+            slot.regions.clear()
+
+    def _create(self, name: str, byte_size: int) -> _Region:
+        try:
+            handle = system_shm.create_shared_memory_region(name, f"/{name}", byte_size, create_only=True)
+        except system_shm.SharedMemoryException as err:
+            raise SharedMemoryError(f"cannot create /dev/shm/{name} ({byte_size} bytes): {err}", fatal=True) from err
+        region = _Region(name, byte_size, handle)
+        try:
+            self._register(region)
+        except BaseException:
+            system_shm.destroy_shared_memory_region(handle)
+            raise
+        return region
+
+    def _register(self, region: _Region) -> None:
+        try:
+            self._client.register_system_shared_memory(
+                region.name, region.key, region.byte_size, client_timeout=self._timeout_s
+            )
+        except InferenceServerException as err:
+            if err.status() in RETRYABLE:
+                raise TransientError(
+                    f"Triton at {self._url} unavailable while registering shared memory ({err.message()}); "
+                    "the job will be retried"
+                ) from err
+            raise SharedMemoryError(
+                f"Triton at {self._url} cannot map /dev/shm/{region.name} ({err.status()}: {err.message()}); "
+                "is it on another host or in a container without this pod's /dev/shm?",
+                fatal=True,
+            ) from err
+
+    def _register_again(self, slot: _Slot) -> None:
+        for region in slot.regions.values():
+            self._unregister(region)
+            self._register(region)
+        slot.stale = False
+
+    def _unregister(self, region: _Region) -> None:
+        try:
+            self._client.unregister_system_shared_memory(region.name, client_timeout=self._timeout_s)
+        except InferenceServerException as err:  # already gone (server restarted) or server down: nothing to undo
+            log.debug("Triton at %s: unregistering %s failed: %s", self._url, region.name, err.message())
+
+    def _release(self, region: _Region) -> None:
+        self._unregister(region)
+        system_shm.destroy_shared_memory_region(region.handle)
 
 
 class TritonBackend:
@@ -62,6 +211,8 @@ class TritonBackend:
         o = self.options
         if bool(o.tls_cert_file) != bool(o.tls_key_file):
             raise ValueError("Triton TLS: a client certificate and its key go together")
+        if o.shared_memory not in SHARED_MEMORY_MODES:
+            raise ValueError(f"Triton shared memory: {o.shared_memory!r} is not one of {SHARED_MEMORY_MODES}")
         self._client = grpcclient.InferenceServerClient(
             url=url,
             ssl=o.tls,
@@ -69,8 +220,18 @@ class TritonBackend:
             private_key=o.tls_key_file or None,
             certificate_chain=o.tls_cert_file or None,
         )
-        self._pool = ThreadPoolExecutor(max_workers=max(1, o.max_in_flight), thread_name_prefix="triton")
-        self._in_flight = threading.BoundedSemaphore(max(1, o.max_in_flight))
+        slots = max(1, o.max_in_flight)
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="triton")
+        self._in_flight = threading.BoundedSemaphore(slots)
+        # The regions in use; None with shared_memory="none" or after a fallback to gRPC (then _shm_to_close
+        # still holds them: another thread may be using its slot).
+        self._shm: SystemSharedMemory | None = None
+        if o.shared_memory == "system":
+            self._shm = SystemSharedMemory(self._client, url, slots, o.timeout_s)
+        self._shm_to_close = self._shm
+        # Output bytes per batch item, per (model, version, input item shape, dtype): sizes the output regions.
+        # Learnt from the first answer over gRPC, so a model's output shape needs no configuration.
+        self._output_item_bytes: dict[tuple[str, str, tuple[int, ...], str], int] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TritonBackend:
@@ -85,8 +246,14 @@ class TritonBackend:
                 tls_ca_file=settings.triton_tls_ca_file,
                 tls_cert_file=settings.triton_tls_cert_file,
                 tls_key_file=settings.triton_tls_key_file,
+                shared_memory=settings.triton_shared_memory,
             ),
         )
+
+    @property
+    def transport(self) -> str:
+        """How tensors travel now: "system-shared-memory", or "grpc" (configured so, or fallen back to it)."""
+        return "system-shared-memory" if self._shm is not None else "grpc"
 
     def infer(self, model: ModelManifest, batch: np.ndarray, priority: int = ROUTINE_PRIORITY) -> np.ndarray:
         """The model's output for ``batch`` (axis 0 = batch), in requests of at most ``max_batch_size``."""
@@ -102,39 +269,99 @@ class TritonBackend:
         return max(1, min(model.max_batch, self.options.request_bytes // item_bytes))
 
     def _infer_one(self, model: ModelManifest, batch: np.ndarray, priority: int) -> np.ndarray:
+        with self._in_flight:
+            shm = self._shm
+            if shm is not None and batch.dtype != np.object_:
+                try:
+                    return self._infer_shared(shm, model, batch, priority)
+                except SharedMemoryError as err:
+                    self._shared_memory_failed(err)
+            return self._infer_grpc(model, batch, priority)
+
+    def _infer_grpc(self, model: ModelManifest, batch: np.ndarray, priority: int) -> np.ndarray:
         request = grpcclient.InferInput(model.input.name, list(batch.shape), model.input.datatype)
         request.set_data_from_numpy(batch)
-        wanted = [grpcclient.InferRequestedOutput(model.output.name)]
-        with self._in_flight:
-            result = self._call(
-                model,
-                lambda: self._client.infer(
-                    model.triton_model,
-                    [request],
-                    model_version=model.triton_version,
-                    outputs=wanted,
-                    priority=priority,
-                    client_timeout=self.options.timeout_s,
-                ),
-            )
+        wanted = grpcclient.InferRequestedOutput(model.output.name)
+        return self._output_of(model, batch, self._request(model, request, wanted, priority))
+
+    def _infer_shared(
+        self, shm: SystemSharedMemory, model: ModelManifest, batch: np.ndarray, priority: int
+    ) -> np.ndarray:
+        """One request whose tensors go through the slot's regions; the output comes over gRPC while its size per
+        item is not known yet (the first request of a model and input shape)."""
+        item_bytes = self._output_item_bytes.get(_item_key(model, batch))
+        with shm.slot() as slot:
+            request = grpcclient.InferInput(model.input.name, list(batch.shape), model.input.datatype)
+            request.set_shared_memory(shm.write_input(slot, batch).name, batch.nbytes)
+            wanted = grpcclient.InferRequestedOutput(model.output.name)
+            if item_bytes is None:
+                return self._output_of(model, batch, self._request(model, request, wanted, priority, slot))
+            output_bytes = item_bytes * len(batch)
+            wanted.set_shared_memory(shm.region(slot, "output", output_bytes).name, output_bytes)
+            tensor = self._request(model, request, wanted, priority, slot).get_output(model.output.name)
+            if tensor is None:
+                raise RuntimeError(f"Triton returned no {model.output.name!r} for {model.triton_model}")
+            return shm.read_output(slot, tensor.datatype, list(tensor.shape))
+
+    def _output_of(self, model: ModelManifest, batch: np.ndarray, result: grpcclient.InferResult) -> np.ndarray:
+        """The output carried in the gRPC answer; remembers its size per item for the shared-memory path."""
+        output: np.ndarray | None = result.as_numpy(model.output.name)
+        if output is None:
+            raise RuntimeError(f"Triton returned no {model.output.name!r} for {model.triton_model}")
+        self._output_item_bytes[_item_key(model, batch)] = output.nbytes // max(1, len(batch))
+        return output
+
+    def _shared_memory_failed(self, err: SharedMemoryError) -> None:
+        if err.fatal and self._shm is not None:
+            self._shm = None
+            log.warning("Triton at %s: %s; tensors go over gRPC from now on", self.url, err)
+        else:
+            log.warning("Triton at %s: %s; this request goes over gRPC", self.url, err)
+
+    def _request(
+        self,
+        model: ModelManifest,
+        request: grpcclient.InferInput,
+        wanted: grpcclient.InferRequestedOutput,
+        priority: int,
+        slot: _Slot | None = None,
+    ) -> grpcclient.InferResult:
+        """One inference request for the pinned version; ``slot``: its tensors are in that slot's regions."""
+        result = self._call(
+            model,
+            lambda: self._client.infer(
+                model.triton_model,
+                [request],
+                model_version=model.triton_version,
+                outputs=[wanted],
+                priority=priority,
+                client_timeout=self.options.timeout_s,
+            ),
+            slot,
+        )
         answered = result.get_response().model_version
         if answered and answered != model.triton_version:
             raise TransientError(
                 f"Triton at {self.url}: model {model.triton_model} answered as version {answered}, the manifest "
                 f"pins {model.triton_version}; the job will be retried (deploy the pinned version)"
             )
-        output: np.ndarray | None = result.as_numpy(model.output.name)
-        if output is None:
-            raise RuntimeError(f"Triton returned no {model.output.name!r} for {model.triton_model}")
-        return output
+        return result
 
-    def _call(self, model: ModelManifest, request: Callable[[], T]) -> T:
-        """``request()``, retried on UNAVAILABLE with bounded exponential backoff; other errors at once."""
+    def _call(self, model: ModelManifest, request: Callable[[], T], slot: _Slot | None = None) -> T:
+        """``request()``, retried on UNAVAILABLE with bounded exponential backoff; other errors at once. With a
+        ``slot``, an error about shared memory (Triton restarted and forgot the regions, an output larger than
+        its region) becomes a :class:`SharedMemoryError`: the request goes again over gRPC and the slot's regions
+        are registered again before their next use."""
         o = self.options
         for attempt in range(o.retries + 1):
             try:
                 return request()
             except InferenceServerException as err:
+                if slot is not None and "shared memory" in (err.message() or "").lower():
+                    slot.stale = True
+                    raise SharedMemoryError(
+                        f"request with shared memory failed ({err.status()}: {err.message()})", fatal=False
+                    ) from err
                 if err.status() not in RETRYABLE or attempt == o.retries:
                     raise TransientError(
                         f"Triton at {self.url}: model {model.triton_model} v{model.triton_version} failed "
@@ -164,4 +391,10 @@ class TritonBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._shm_to_close is not None:
+            self._shm_to_close.close()
         self._client.close()
+
+
+def _item_key(model: ModelManifest, batch: np.ndarray) -> tuple[str, str, tuple[int, ...], str]:
+    return (model.triton_model, model.triton_version, tuple(batch.shape[1:]), batch.dtype.str)

@@ -47,7 +47,8 @@ class Job:
     state: JobState = JobState.QUEUED
     priority: Priority = Priority.ROUTINE
     outcome: str = ""
-    report_reference: str = ""
+    report_reference: str = ""  # the first model's report; all of them in report_references
+    report_references: tuple[str, ...] = ()  # "DiagnosticReport/<id>" of each model that wrote one
     attempts: int = 0  # runs that failed for a transient reason (PACS, Triton or EHR unavailable)
     deliveries: int = 0  # times a worker took the job, crashed runs included (bounds poison messages)
     created: float = 0.0
@@ -66,6 +67,7 @@ class Job:
             "priority": self.priority.value,
             "outcome": self.outcome,
             "report_reference": self.report_reference,
+            "report_references": " ".join(self.report_references),
             "attempts": str(self.attempts),
             "deliveries": str(self.deliveries),
             "created": repr(self.created),
@@ -85,6 +87,7 @@ class Job:
             priority=Priority(fields.get("priority", "routine")),
             outcome=fields.get("outcome", ""),
             report_reference=fields.get("report_reference", ""),
+            report_references=tuple(fields.get("report_references", "").split()),
             attempts=int(fields.get("attempts", "0")),
             deliveries=int(fields.get("deliveries", "0")),
             created=float(fields.get("created", "0")),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,14 @@ __all__ = [
     "PIXEL_SPACING_MM",
     "SLICE_SPACING_MM",
     "Label",
+    "NoduleKind",
+    "Phantom",
+    "PlacedNodule",
     "SampleStudy",
     "ground_truth",
+    "image_position_lps",
     "make_chest_ct",
+    "make_chest_phantom",
     "write_sample_study",
 ]
 
@@ -74,10 +79,15 @@ class Label(IntEnum):
     EMPHYSEMA = 5  # low-attenuation regions inside the lungs
     AIRWAY = 6  # lumen of the trachea and main bronchi outside the lungs
     BOWEL_GAS = 7  # the gastric air bubble under the left hemidiaphragm
+    NODULE = 8  # pulmonary nodules, always wholly inside the lung (see PlacedNodule)
 
 
-LUNG_LABELS: tuple[int, ...] = (Label.LUNG_PARENCHYMA, Label.LUNG_VESSEL, Label.EMPHYSEMA)
-"""Labels that make up the lung for every ground-truth measurement."""
+LUNG_LABELS: tuple[int, ...] = (Label.LUNG_PARENCHYMA, Label.LUNG_VESSEL, Label.EMPHYSEMA, Label.NODULE)
+"""Labels that make up the lung for every ground-truth measurement.
+
+Nodules count as lung: they are placed at least ``NODULE_MARGIN_MM`` from anything that is not lung, so in every
+slice they are enclosed by lung, and ``extract_lungs`` (which fills in-plane holes, like the vessels) measures them as
+lung too."""
 
 Int16Volume = npt.NDArray[np.int16]
 UInt8Volume = npt.NDArray[np.uint8]
@@ -517,17 +527,192 @@ def _correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: t
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Pulmonary nodules
+# --------------------------------------------------------------------------------------------------------------------
+
+NODULE_DIAMETER_MM = (4.0, 25.0)
+"""Diameters are drawn log-uniformly in this range (mm)."""
+NODULE_MARGIN_MM = 4.0
+"""Every voxel within a nodule's radius plus this margin is lung, so a nodule never touches pleura or mediastinum."""
+NODULE_SPACING_MM = 10.0
+"""Smallest gap between the surfaces of two nodules."""
+DEFAULT_NODULES = (1, 3)
+"""Without an explicit count, each seed draws this many nodules (inclusive range)."""
+_NODULE_TRIES = 400
+_SOLID_HU = (20.0, 60.0)
+_GROUND_GLASS_HU = (-650.0, -450.0)
+
+
+class NoduleKind(StrEnum):
+    """The attenuation type of a nodule, as in Fleischner and Lung-RADS."""
+
+    SOLID = "solid"
+    PART_SOLID = "part-solid"
+    GROUND_GLASS = "ground-glass"
+
+
+_NODULE_KINDS = (NoduleKind.SOLID, NoduleKind.PART_SOLID, NoduleKind.GROUND_GLASS)
+_NODULE_KIND_P = (0.7, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class PlacedNodule:
+    """A spherical nodule of the phantom.
+
+    ``centre_lps_mm``: the sphere's centre in DICOM patient coordinates (LPS, mm), in the geometry the written files
+    declare (ImagePositionPatient, PixelSpacing, slice positions). ``centre_index_zyx``: the same point in (z, y, x)
+    voxel index units of the volume (fractional). ``side``: the lung holding it, ``right`` or ``left`` (patient).
+    ``solid_diameter_mm``: diameter of the solid part (equal to the diameter for solid nodules, 0 for ground glass).
+    """
+
+    centre_lps_mm: tuple[float, float, float]
+    centre_index_zyx: tuple[float, float, float]
+    diameter_mm: float
+    kind: NoduleKind
+    side: str
+    solid_diameter_mm: float
+    hu: float  # attenuation of the (outer) nodule tissue before noise
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "centre_lps_mm": [round(v, 3) for v in self.centre_lps_mm],
+            "centre_index_zyx": [round(v, 3) for v in self.centre_index_zyx],
+            "diameter_mm": round(self.diameter_mm, 3),
+            "type": str(self.kind),
+            "side": self.side,
+            "solid_diameter_mm": round(self.solid_diameter_mm, 3),
+            "hu": round(self.hu, 1),
+            "slice_index": round(self.centre_index_zyx[0]),
+        }
+
+
+def _lps_of(vol: _Volume, centre_zyx_mm: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    """LPS position of an anatomical (z, y, x) mm point: x, y are already LPS (image centre at 0); z runs down."""
+    return (float(centre_zyx_mm[2]), float(centre_zyx_mm[1]), float(FIRST_SLICE_Z_MM - centre_zyx_mm[0]))
+
+
+def _draw_nodules(
+    vol: _Volume, rng: np.random.Generator, count: int, labels: UInt8Volume, hu: FloatArray
+) -> list[PlacedNodule]:
+    """Place up to ``count`` spherical nodules wholly inside the lungs; labels and noise-free HU are updated.
+
+    Uses its own random stream, so the anatomy of a seed does not depend on how many nodules it holds. A nodule
+    that finds no room after ``_NODULE_TRIES`` candidate centres is left out (very small lungs, many nodules).
+    """
+    placed: list[PlacedNodule] = []
+    centres: list[tuple[npt.NDArray[np.float64], float]] = []
+    if count <= 0:
+        return placed
+    lung_voxels = np.flatnonzero(np.isin(labels[:, ::4, ::4], LUNG_LABELS[:3]))
+    if lung_voxels.size == 0:
+        return placed
+    coarse_shape = labels[:, ::4, ::4].shape
+    low, high = NODULE_DIAMETER_MM
+    for _ in range(count):
+        diameter = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        kind = _NODULE_KINDS[int(rng.choice(len(_NODULE_KINDS), p=_NODULE_KIND_P))]
+        radius = diameter / 2.0
+        for _ in range(_NODULE_TRIES):
+            k, j, i = np.unravel_index(int(lung_voxels[rng.integers(lung_voxels.size)]), coarse_shape)
+            centre = np.array(
+                [
+                    vol.z[k] + rng.uniform(-0.5, 0.5) * vol.dz,
+                    vol.y[4 * j] + rng.uniform(-2.0, 2.0) * PIXEL_SPACING_MM,
+                    vol.x[4 * i] + rng.uniform(-2.0, 2.0) * PIXEL_SPACING_MM,
+                ],
+                dtype=np.float64,
+            )
+            if any(np.linalg.norm(centre - c) < radius + r + NODULE_SPACING_MM for c, r in centres):
+                continue
+            reach = radius + NODULE_MARGIN_MM
+            box = vol.box(centre - reach, centre + reach)
+            if box is None:
+                continue
+            zz, yy, xx = vol.coords(box)
+            dist = np.sqrt(
+                (zz - np.float32(centre[0])) ** 2
+                + (yy - np.float32(centre[1])) ** 2
+                + (xx - np.float32(centre[2])) ** 2
+            )
+            near = dist <= reach
+            if near.sum() == 0 or not np.isin(labels[box][near], LUNG_LABELS[:3]).all():
+                continue
+            if zz.min() > centre[0] - reach or zz.max() < centre[0] + reach:
+                continue  # the sphere leaves the volume
+            break
+        else:
+            continue
+        if kind == NoduleKind.SOLID:
+            outer_hu, solid = float(rng.uniform(*_SOLID_HU)), diameter
+        elif kind == NoduleKind.GROUND_GLASS:
+            outer_hu, solid = float(rng.uniform(*_GROUND_GLASS_HU)), 0.0
+        else:
+            outer_hu, solid = float(rng.uniform(*_GROUND_GLASS_HU)), diameter * float(rng.uniform(0.35, 0.6))
+        weight = np.clip((np.float32(radius) - dist) / np.float32(PIXEL_SPACING_MM) + 0.5, 0.0, 1.0)
+        sub_hu, sub_labels = hu[box], labels[box]
+        sub_hu[...] = (1.0 - weight) * sub_hu + weight * np.float32(outer_hu)
+        if solid > 0.0 and kind == NoduleKind.PART_SOLID:
+            core = np.clip((np.float32(solid / 2.0) - dist) / np.float32(PIXEL_SPACING_MM) + 0.5, 0.0, 1.0)
+            sub_hu[...] = (1.0 - core) * sub_hu + core * np.float32(rng.uniform(*_SOLID_HU))
+        sub_labels[weight >= 0.5] = Label.NODULE
+        centres.append((centre, radius))
+        index = (
+            float(centre[0] / vol.dz),
+            float(centre[1] / PIXEL_SPACING_MM + (ROWS - 1) / 2.0),
+            float(centre[2] / PIXEL_SPACING_MM + (COLUMNS - 1) / 2.0),
+        )
+        placed.append(
+            PlacedNodule(
+                centre_lps_mm=_lps_of(vol, centre),
+                centre_index_zyx=index,
+                diameter_mm=diameter,
+                kind=kind,
+                side="right" if centre[2] < 0.0 else "left",
+                solid_diameter_mm=solid,
+                hu=outer_hu,
+            )
+        )
+    return placed
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def make_chest_ct(seed: int = 0, n_slices: int = DEFAULT_SLICES) -> tuple[Int16Volume, UInt8Volume, Spacing]:
+@dataclass(frozen=True)
+class Phantom:
+    """A synthetic chest CT: ``hu`` int16 (z, y, x), ``labels`` uint8 (:class:`Label`), ``spacing_mm`` (z, y, x) mm,
+    and the nodules placed in it."""
+
+    hu: Int16Volume
+    labels: UInt8Volume
+    spacing_mm: Spacing
+    nodules: tuple[PlacedNodule, ...]
+
+
+def make_chest_ct(
+    seed: int = 0, n_slices: int = DEFAULT_SLICES, nodules: int | None = None
+) -> tuple[Int16Volume, UInt8Volume, Spacing]:
     """The synthetic chest CT for ``seed``: ``(hu, labels, spacing_mm)``.
 
     ``hu`` is int16 HU, clipped to [-1024, 3071], shape ``(n_slices, 512, 512)`` in ``(z, y, x)`` order with slice 0
     the most superior; ``labels`` is uint8 with values from :class:`Label`; ``spacing_mm`` is ``(z, y, x)`` in mm.
-    Pure and deterministic: the same seed and slice count give the same arrays.
+    Pure and deterministic: the same seed, slice count and nodule count give the same arrays. ``nodules``: how many
+    pulmonary nodules to place (None: 1 to 3, drawn from the seed); see :func:`make_chest_phantom` for where they are.
     """
+    phantom = make_chest_phantom(seed, n_slices, nodules)
+    return phantom.hu, phantom.labels, phantom.spacing_mm
+
+
+def make_chest_phantom(seed: int = 0, n_slices: int = DEFAULT_SLICES, nodules: int | None = None) -> Phantom:
+    """:func:`make_chest_ct` with the list of nodules placed (centre, diameter, type, side).
+
+    Nodules come from a random stream of their own (``default_rng([seed, 1])``): the anatomy, vessels, emphysema and
+    noise of a seed are the same whatever the nodule count.
+    """
+    if nodules is not None and nodules < 0:
+        raise ValueError(f"nodules must be 0 or more, got {nodules}")
     if n_slices < MIN_SLICES:
         raise ValueError(f"n_slices must be at least {MIN_SLICES}, got {n_slices}")
     rng = np.random.default_rng(seed)
@@ -565,10 +750,14 @@ def make_chest_ct(seed: int = 0, n_slices: int = DEFAULT_SLICES) -> tuple[Int16V
     weight = vessel_weight[in_lung]
     hu[in_lung] = (1.0 - weight) * hu[in_lung] + weight * 40.0
 
+    nodule_rng = np.random.default_rng([seed, 1])
+    count = int(nodule_rng.integers(DEFAULT_NODULES[0], DEFAULT_NODULES[1] + 1)) if nodules is None else nodules
+    placed = _draw_nodules(vol, nodule_rng, count, labels, hu)
+
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(18.0)  # quantum noise, white
     np.clip(np.rint(hu, out=hu), HU_MIN, HU_MAX, out=hu)
     spacing = (float(vol.dz), PIXEL_SPACING_MM, PIXEL_SPACING_MM)
-    return hu.astype(np.int16), labels, spacing
+    return Phantom(hu=hu.astype(np.int16), labels=labels, spacing_mm=spacing, nodules=tuple(placed))
 
 
 def ground_truth(hu: Int16Volume, labels: UInt8Volume, spacing_mm: Spacing) -> dict[str, Any]:
@@ -619,6 +808,18 @@ def _ds_str(value: float) -> str:
     return f"{value:.10g}"
 
 
+def image_position_lps(index: int, spacing_mm: Spacing) -> tuple[float, float, float]:
+    """ImagePositionPatient (LPS, mm) of slice ``index``: the centre of its first pixel (row 0, column 0).
+
+    Rows run along +y (posterior) and columns along +x (patient left); z falls by the slice spacing per slice.
+    """
+    return (
+        -(COLUMNS - 1) / 2.0 * spacing_mm[2],
+        -(ROWS - 1) / 2.0 * spacing_mm[1],
+        FIRST_SLICE_Z_MM - index * spacing_mm[0],
+    )
+
+
 def _instance(
     seed: int, index: int, pixels: Int16Volume, spacing_mm: Spacing, study_uid: UID, series_uid: UID, frame_uid: UID
 ) -> Dataset:
@@ -664,12 +865,9 @@ def _instance(
     ds.SeriesNumber = 2
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = index + 1
-    z = FIRST_SLICE_Z_MM - index * spacing_mm[0]
-    ds.ImagePositionPatient = [
-        _ds_str(-(COLUMNS - 1) / 2.0 * spacing_mm[2]),
-        _ds_str(-(ROWS - 1) / 2.0 * spacing_mm[1]),
-        _ds_str(z),
-    ]
+    position = image_position_lps(index, spacing_mm)
+    z = position[2]
+    ds.ImagePositionPatient = [_ds_str(v) for v in position]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
@@ -695,13 +893,18 @@ def _instance(
     return ds
 
 
-def write_sample_study(out_dir: Path, seed: int = 0, n_slices: int = DEFAULT_SLICES) -> SampleStudy:
+def write_sample_study(
+    out_dir: Path, seed: int = 0, n_slices: int = DEFAULT_SLICES, nodules: int | None = None
+) -> SampleStudy:
     """Write the phantom for ``seed`` as ``out_dir/dicom/IM00001.dcm ...`` plus ``out_dir/ground_truth.json``.
 
     One CT Image Storage file per axial slice (Explicit VR Little Endian, unsigned 12-bit stored values,
     RescaleIntercept -1024). UIDs are derived from the seed, so rewriting a seed reproduces the same study.
+    ``nodules``: how many pulmonary nodules to place (None: 1 to 3, drawn from the seed); ``ground_truth.json`` lists
+    them under ``nodules`` (centre in LPS mm, as the files' geometry places it; diameter; type; side).
     """
-    hu, labels, spacing = make_chest_ct(seed, n_slices)
+    phantom = make_chest_phantom(seed, n_slices, nodules)
+    hu, labels, spacing = phantom.hu, phantom.labels, phantom.spacing_mm
     study_uid = _uid(seed, n_slices, "study")
     series_uid = _uid(seed, n_slices, "series")
     frame_uid = _uid(seed, n_slices, "frame-of-reference")
@@ -722,8 +925,13 @@ def write_sample_study(out_dir: Path, seed: int = 0, n_slices: int = DEFAULT_SLI
         "spacing_mm": list(spacing),
         "study_instance_uid": str(study_uid),
         "series_instance_uid": str(series_uid),
-        "lung_definition": "labels parenchyma + vessels + emphysema; trachea and main bronchi excluded",
+        "lung_definition": "labels parenchyma + vessels + emphysema + nodules; trachea and main bronchi excluded",
         **ground_truth(hu, labels, spacing),
+        "nodule_definition": (
+            "spheres wholly inside the lung; centre_lps_mm in the DICOM patient frame (LPS, mm), centre_index_zyx "
+            "in (slice, row, column) index units; diameter_mm of the whole nodule, solid_diameter_mm of its solid part"
+        ),
+        "nodules": [n.as_json() for n in phantom.nodules],
     }
     truth_path = Path(out_dir) / "ground_truth.json"
     truth_path.write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imaging_cds/v1/jobs.proto\x12\x0eimaging_cds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0eStudyReference\x12\x18\n\x10imaging_study_id\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\"P\n\rSubmitRequest\x12-\n\x05study\x18\x01 \x01(\x0b\x32\x1e.imaging_cds.v1.StudyReference\x12\x10\n\x08priority\x18\x02 \x01(\t\"&\n\x0eSubmitResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf7\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x05study\x18\x02 \x01(\x0b\x32\x1e.imaging_cds.v1.StudyReference\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.imaging_cds.v1.JobState\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x18\n\x10report_reference\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\rstage_seconds\x18\t \x03(\x0b\x32%.imaging_cds.v1.Job.StageSecondsEntry\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"a\n\x0fListJobsRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.imaging_cds.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.imaging_cds.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"q\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0ctriton_model\x18\x05 \x01(\t\x12\x16\n\x0etriton_version\x18\x06 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.imaging_cds.v1.Model*\xb8\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x1c\n\x18JOB_STATE_NOT_ANALYZABLE\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xba\x03\n\nJobService\x12G\n\x06Submit\x12\x1d.imaging_cds.v1.SubmitRequest\x1a\x1e.imaging_cds.v1.SubmitResponse\x12<\n\x06GetJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job\x12@\n\x08WatchJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job0\x01\x12M\n\x08ListJobs\x12\x1f.imaging_cds.v1.ListJobsRequest\x1a .imaging_cds.v1.ListJobsResponse\x12?\n\tCancelJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job\x12S\n\nListModels\x12!.imaging_cds.v1.ListModelsRequest\x1a\".imaging_cds.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imaging_cds/v1/jobs.proto\x12\x0eimaging_cds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x0eStudyReference\x12\x18\n\x10imaging_study_id\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\"P\n\rSubmitRequest\x12-\n\x05study\x18\x01 \x01(\x0b\x32\x1e.imaging_cds.v1.StudyReference\x12\x10\n\x08priority\x18\x02 \x01(\t\"&\n\x0eSubmitResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x92\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x05study\x18\x02 \x01(\x0b\x32\x1e.imaging_cds.v1.StudyReference\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.imaging_cds.v1.JobState\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x18\n\x10report_reference\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\rstage_seconds\x18\t \x03(\x0b\x32%.imaging_cds.v1.Job.StageSecondsEntry\x12\x19\n\x11report_references\x18\n \x03(\t\x1a\x33\n\x11StageSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"a\n\x0fListJobsRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.imaging_cds.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.imaging_cds.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"q\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0ctriton_model\x18\x05 \x01(\t\x12\x16\n\x0etriton_version\x18\x06 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.imaging_cds.v1.Model*\xb8\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x1c\n\x18JOB_STATE_NOT_ANALYZABLE\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xba\x03\n\nJobService\x12G\n\x06Submit\x12\x1d.imaging_cds.v1.SubmitRequest\x1a\x1e.imaging_cds.v1.SubmitResponse\x12<\n\x06GetJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job\x12@\n\x08WatchJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job0\x01\x12M\n\x08ListJobs\x12\x1f.imaging_cds.v1.ListJobsRequest\x1a .imaging_cds.v1.ListJobsResponse\x12?\n\tCancelJob\x12\x1d.imaging_cds.v1.GetJobRequest\x1a\x13.imaging_cds.v1.Job\x12S\n\nListModels\x12!.imaging_cds.v1.ListModelsRequest\x1a\".imaging_cds.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_STAGESECONDSENTRY']._loaded_options = None
   _globals['_JOB_STAGESECONDSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1060
-  _globals['_JOBSTATE']._serialized_end=1244
+  _globals['_JOBSTATE']._serialized_start=1087
+  _globals['_JOBSTATE']._serialized_end=1271
   _globals['_STUDYREFERENCE']._serialized_start=78
   _globals['_STUDYREFERENCE']._serialized_end=148
   _globals['_SUBMITREQUEST']._serialized_start=150
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=272
   _globals['_GETJOBREQUEST']._serialized_end=303
   _globals['_JOB']._serialized_start=306
-  _globals['_JOB']._serialized_end=681
-  _globals['_JOB_STAGESECONDSENTRY']._serialized_start=630
-  _globals['_JOB_STAGESECONDSENTRY']._serialized_end=681
-  _globals['_LISTJOBSREQUEST']._serialized_start=683
-  _globals['_LISTJOBSREQUEST']._serialized_end=780
-  _globals['_LISTJOBSRESPONSE']._serialized_start=782
-  _globals['_LISTJOBSRESPONSE']._serialized_end=860
-  _globals['_LISTMODELSREQUEST']._serialized_start=862
-  _globals['_LISTMODELSREQUEST']._serialized_end=881
-  _globals['_MODEL']._serialized_start=883
-  _globals['_MODEL']._serialized_end=996
-  _globals['_LISTMODELSRESPONSE']._serialized_start=998
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1057
-  _globals['_JOBSERVICE']._serialized_start=1247
-  _globals['_JOBSERVICE']._serialized_end=1689
+  _globals['_JOB']._serialized_end=708
+  _globals['_JOB_STAGESECONDSENTRY']._serialized_start=657
+  _globals['_JOB_STAGESECONDSENTRY']._serialized_end=708
+  _globals['_LISTJOBSREQUEST']._serialized_start=710
+  _globals['_LISTJOBSREQUEST']._serialized_end=807
+  _globals['_LISTJOBSRESPONSE']._serialized_start=809
+  _globals['_LISTJOBSRESPONSE']._serialized_end=887
+  _globals['_LISTMODELSREQUEST']._serialized_start=889
+  _globals['_LISTMODELSREQUEST']._serialized_end=908
+  _globals['_MODEL']._serialized_start=910
+  _globals['_MODEL']._serialized_end=1023
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1025
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1084
+  _globals['_JOBSERVICE']._serialized_start=1274
+  _globals['_JOBSERVICE']._serialized_end=1716
 # @@protoc_insertion_point(module_scope)

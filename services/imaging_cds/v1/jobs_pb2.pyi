@@ -56,7 +56,7 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "study", "state", "outcome", "report_reference", "attempts", "created", "updated", "stage_seconds")
+    __slots__ = ("job_id", "study", "state", "outcome", "report_reference", "attempts", "created", "updated", "stage_seconds", "report_references")
     class StageSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class Job(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_REFERENCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     study: StudyReference
     state: JobState
@@ -82,7 +83,8 @@ class Job(_message.Message):
     created: _timestamp_pb2.Timestamp
     updated: _timestamp_pb2.Timestamp
     stage_seconds: _containers.ScalarMap[str, float]
-    def __init__(self, job_id: _Optional[str] = ..., study: _Optional[_Union[StudyReference, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., outcome: _Optional[str] = ..., report_reference: _Optional[str] = ..., attempts: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    report_references: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., study: _Optional[_Union[StudyReference, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., outcome: _Optional[str] = ..., report_reference: _Optional[str] = ..., attempts: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stage_seconds: _Optional[_Mapping[str, float]] = ..., report_references: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("state", "page_size", "page_token")

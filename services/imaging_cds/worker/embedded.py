@@ -9,14 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from imaging_cds.dicomweb.selection import select_series
+from imaging_cds.dicomweb.selection import plan_series
 from imaging_cds.dicomweb.series import SeriesSummary, orientation_name, split_multi_value
 from imaging_cds.errors import NotAnalyzableError
 from imaging_cds.fhir.report import StudyContext, build_report_bundle
@@ -24,7 +25,7 @@ from imaging_cds.imaging.files import FileStream
 from imaging_cds.imaging.instance import frame_geometries
 from imaging_cds.inference.backend import InferenceBackend
 from imaging_cds.inference.manifest import ModelManifest
-from imaging_cds.worker.pipeline import SeriesAnalysis, analyze_series
+from imaging_cds.worker.pipeline import ModelRun, SeriesAnalysis, analyze_series_with
 from imaging_cds.worker.timing import StageTimer
 
 
@@ -37,10 +38,22 @@ class LocalStudy:
 
 @dataclass(frozen=True)
 class AnalyzeResult:
-    analysis: SeriesAnalysis
+    """The analyses (one per model that analysed the study), the models that could not and why, the one FHIR
+    transaction Bundle holding every model's report, and each analysis' key image."""
+
+    analyses: list[SeriesAnalysis]
     bundle_path: Path
-    key_image_path: Path
+    key_image_paths: list[Path]
     stage_seconds: dict[str, float]
+    not_analysable: list[tuple[str, str]] = field(default_factory=list)  # (model, reason)
+
+    @property
+    def analysis(self) -> SeriesAnalysis:
+        return self.analyses[0]
+
+    @property
+    def key_image_path(self) -> Path:
+        return self.key_image_paths[0]
 
 
 def scan_study(folder: Path) -> LocalStudy:
@@ -71,24 +84,32 @@ def scan_study(folder: Path) -> LocalStudy:
 def analyze_folder(
     folder: Path,
     out_dir: Path,
-    model: ModelManifest,
+    models: ModelManifest | Sequence[ModelManifest],
     backend: InferenceBackend,
     subject: str = "Patient/unknown",
     imaging_study_id: str | None = None,
     status: str = "preliminary",
 ) -> AnalyzeResult:
+    """Every model on the series it accepts (one read of a series several models share), one transaction Bundle
+    with each model's report (``out_dir/bundle.json``), and the key images (``key_image.png`` for the first model,
+    ``key_image-<model>.png`` for the others). Raises NotAnalyzableError when no model could analyse the study."""
+    models = [models] if isinstance(models, ModelManifest) else list(models)
     timer = StageTimer()
     with timer.stage("scan"):
         study = scan_study(folder)
-    chosen = select_series(study.study_uid, study.summaries, model.selection)
-    analysis = analyze_series(
-        study.study_uid,
-        chosen.series_uid,
-        FileStream(study.study_uid, study.series[chosen.series_uid], chosen.frames_per_instance),
-        model,
-        backend,
-        timer,
-    )
+    plan = plan_series(study.study_uid, study.summaries, models)
+    runs: list[ModelRun] = []
+    for chosen, readers in plan.reads:
+        files = FileStream(study.study_uid, study.series[chosen.series_uid], chosen.frames_per_instance)
+        runs += analyze_series_with(study.study_uid, chosen.series_uid, files, readers, backend, timer)
+    runs += [ModelRun(model, not_analysable=err) for model, err in plan.rejected]
+    analyses = [r.analysis for r in runs if r.analysis is not None]
+    refused = [(r.model.name, r.not_analysable.reason) for r in runs if r.not_analysable is not None]
+    if not analyses:
+        if len(runs) == 1 and runs[0].not_analysable is not None:
+            raise runs[0].not_analysable
+        reasons = [reason if len(refused) == 1 else f"{name}: {reason}" for name, reason in refused]
+        raise NotAnalyzableError(study.study_uid, " | ".join(reasons))
     context = StudyContext(
         imaging_study_id=imaging_study_id or f"local-{study.study_uid}"[:64],
         study_uid=study.study_uid,
@@ -96,21 +117,38 @@ def analyze_folder(
     )
     with timer.stage("fhir-bundle"):
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        bundle = build_report_bundle(context, analysis.algorithm, analysis.findings, status, issued)
+        bundles = [build_report_bundle(context, a.algorithm, a.findings, status, issued) for a in analyses]
+        bundle = {**bundles[0], "entry": [e for b in bundles for e in b["entry"]]}
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_path = out_dir / "bundle.json"
-    key_image_path = out_dir / "key_image.png"
     bundle_path.write_text(json.dumps(bundle, indent=2) + "\n")
-    key_image_path.write_bytes(analysis.findings.key_image_png)
-    return AnalyzeResult(analysis, bundle_path, key_image_path, timer.seconds())
+    key_images = []
+    for index, a in enumerate(analyses):
+        path = out_dir / ("key_image.png" if index == 0 else f"key_image-{a.algorithm.name}.png")
+        path.write_bytes(a.findings.key_image_png)
+        key_images.append(path)
+    return AnalyzeResult(analyses, bundle_path, key_images, timer.seconds(), refused)
 
 
 def result_summary(result: AnalyzeResult) -> dict[str, Any]:
-    findings = result.analysis.findings
+    """The result as JSON: the first model's findings at the top level (as before several models), every model's
+    under ``models``."""
+    per_model = [_model_summary(a, path) for a, path in zip(result.analyses, result.key_image_paths, strict=True)]
     return {
         "study_uid": result.analysis.volume.study_uid,
+        **per_model[0],
+        "models": per_model,
+        "not_analysable": [{"model": name, "reason": reason} for name, reason in result.not_analysable],
+        "bundle": str(result.bundle_path),
+        "stage_seconds": result.stage_seconds,
+    }
+
+
+def _model_summary(analysis: SeriesAnalysis, key_image: Path) -> dict[str, Any]:
+    findings = analysis.findings
+    return {
         "series_uid": findings.series_uid,
-        "model": f"{result.analysis.algorithm.name} {result.analysis.algorithm.version}",
+        "model": f"{analysis.algorithm.name} {analysis.algorithm.version}",
         "measurements": {
             m.measure.key: {
                 "value": round(m.value, m.measure.decimals),
@@ -119,10 +157,12 @@ def result_summary(result: AnalyzeResult) -> dict[str, Any]:
             }
             for m in findings.measurements
         },
+        "findings": [
+            {"key": f.key, "finding": f.text or f.code.display, "value": f.value.display}
+            for f in findings.coded_findings
+        ],
         "conclusion": findings.conclusion,
-        "bundle": str(result.bundle_path),
-        "key_image": str(result.key_image_path),
-        "stage_seconds": result.stage_seconds,
+        "key_image": str(key_image),
     }
 
 

@@ -16,14 +16,14 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
 from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
-from imaging_cds.dicomweb.selection import select_series
+from imaging_cds.dicomweb.selection import plan_series
 from imaging_cds.errors import ImagingCdsError, InvalidNotificationError, NotAnalyzableError, TransientError
 from imaging_cds.fhir.charting import chart_not_analysable, chart_report
 from imaging_cds.fhir.client import FhirClient, FhirError
@@ -34,7 +34,7 @@ from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.jobs.model import Job, JobState, Priority
 from imaging_cds.jobs.policy import Readiness, backoff_s, study_readiness
 from imaging_cds.jobs.queue import Delivery, JobQueue
-from imaging_cds.worker.pipeline import analyze_series
+from imaging_cds.worker.pipeline import ModelRun, SeriesAnalysis, analyze_series_with
 from imaging_cds.worker.timing import StageTimer
 
 log = logging.getLogger("imaging_cds.worker")
@@ -44,8 +44,15 @@ ANALYSABLE_STATUS = "available"
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    report_reference: str
+    """What one study's analysis wrote: the reports (one per model that analysed it) and, per model, in words."""
+
+    report_references: tuple[str, ...]
+    summary: str
     stage_seconds: dict[str, float]
+
+    @property
+    def report_reference(self) -> str:
+        return self.report_references[0] if self.report_references else ""
 
 
 class StudyNotReady(Exception):
@@ -66,14 +73,16 @@ class Worker:
         fhir: FhirClient,
         pacs: PacsClient,
         backend: InferenceBackend,
-        model: ModelManifest,
+        models: ModelManifest | Sequence[ModelManifest],
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.fhir = fhir
         self.pacs = pacs
         self.backend = backend
-        self.model = model
+        self.models = [models] if isinstance(models, ModelManifest) else list(models)
+        if not self.models:
+            raise ValueError("a worker needs at least one model")
         self.consumer = f"worker-{uuid.uuid4().hex[:8]}"
 
     # -- the loop -----------------------------------------------------------------------------------------------
@@ -180,8 +189,9 @@ class Worker:
         return job.with_state(
             JobState.SUCCEEDED,
             time.time(),
-            outcome="report written",
+            outcome=outcome.summary,
             report_reference=outcome.report_reference,
+            report_references=outcome.report_references,
             stage_seconds=outcome.stage_seconds,
         )
 
@@ -197,10 +207,7 @@ class Worker:
         timer = StageTimer()
         with timer.stage("fhir-read"):
             study = self._load_study(imaging_study_id)
-        try:
-            return self._analyse_and_chart(study, timer, job, before_write)
-        except NotAnalyzableError as err:
-            raise self._chart_not_analysable(study, err, before_write) from err
+        return self._analyse_and_chart(study, timer, job, before_write)
 
     def _analyse_and_chart(
         self,
@@ -209,49 +216,92 @@ class Worker:
         job: Job | None,
         before_write: Callable[[], None] | None,
     ) -> StudyOutcome:
+        """Every model on the series it accepts (a series read by several models is retrieved once), then one
+        report per model: its results, or a cancelled report saying why it could not analyse the study.
+
+        A model that accepts none of the study's series writes nothing while another model analyses the study (a
+        chest model has nothing to say about a head CT read by a head model); when no model accepts any series,
+        each writes its cancelled report, so the clinician sees that the AI did not run and why."""
         uid = study.context.study_uid
         with timer.stage("search"):
             series = self.pacs.search_series(uid)
         if job is not None:
-            self._check_complete(job, study, sum(s.n_instances for s in series))
-        chosen = select_series(uid, series, self.model.selection)
-        analysis = analyze_series(
-            uid,
-            chosen.series_uid,
-            self.pacs.iter_series(uid, chosen.series_uid),
-            self.model,
-            with_priority(self.backend, _inference_priority(job)),
-            timer,
-            self.settings.inference_slab,
-        )
+            try:
+                self._check_complete(job, study, sum(s.n_instances for s in series))
+            except NotAnalyzableError as err:
+                runs = [ModelRun(m, not_analysable=err) for m in self.models]
+                raise self._not_analysable(study, runs, before_write) from err
+        plan = plan_series(uid, series, self.models)
+        if not plan.reads:
+            runs = [ModelRun(model, not_analysable=err) for model, err in plan.rejected]
+            raise self._not_analysable(study, runs, before_write)
+        runs = []
+        backend = with_priority(self.backend, _inference_priority(job))
+        for chosen, models in plan.reads:
+            instances = self.pacs.iter_series(uid, chosen.series_uid)
+            runs += analyze_series_with(
+                uid, chosen.series_uid, instances, models, backend, timer, self.settings.inference_slab
+            )
+        if all(run.analysis is None for run in runs):
+            raise self._not_analysable(study, runs, before_write)
+        references: list[str] = []
+        said: list[str] = []
         with timer.stage("fhir-write"):
-            issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            reference = chart_report(
-                self.fhir,
-                study.context,
-                analysis.algorithm,
-                analysis.findings,
-                self.settings.report_status,
-                issued,
-                before_write,
-            ).reference
-            self._check_report_subject(study, reference)
-        return StudyOutcome(report_reference=reference, stage_seconds=timer.seconds())
+            for run in runs:
+                if run.analysis is not None:
+                    reference = self._chart(study, run.analysis, before_write)
+                    references.append(reference)
+                    said.append(f"{run.model.name}: report {reference} written")
+                else:
+                    assert run.not_analysable is not None
+                    then = self._chart_not_analysable(study, run.model, run.not_analysable, before_write)
+                    said.append(f"{run.model.name}: not analysable: {run.not_analysable.reason}; {then}")
+        said += [f"{model.name}: reads none of the study's series ({err.reason})" for model, err in plan.rejected]
+        return StudyOutcome(tuple(references), "; ".join(said), timer.seconds())
+
+    def _not_analysable(
+        self, study: ImagingStudyInfo, runs: list[ModelRun], before_write: Callable[[], None] | None
+    ) -> NotAnalyzableError:
+        """Every model's cancelled report, and the error that ends the job (its outcome says what was written)."""
+        reasons, thens = [], []
+        for run in runs:
+            assert run.not_analysable is not None
+            thens.append(self._chart_not_analysable(study, run.model, run.not_analysable, before_write))
+            reasons.append(
+                run.not_analysable.reason if len(runs) == 1 else f"{run.model.name}: {run.not_analysable.reason}"
+            )
+        return NotAnalyzableError(study.context.study_uid, " | ".join(reasons), "; ".join(thens))
+
+    def _chart(self, study: ImagingStudyInfo, analysis: SeriesAnalysis, before_write: Callable[[], None] | None) -> str:
+        issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        reference = chart_report(
+            self.fhir,
+            study.context,
+            analysis.algorithm,
+            analysis.findings,
+            self.settings.report_status,
+            issued,
+            before_write,
+        ).reference
+        self._check_report_subject(study, reference)
+        return reference
 
     def _chart_not_analysable(
-        self, study: ImagingStudyInfo, err: NotAnalyzableError, before_write: Callable[[], None] | None
-    ) -> NotAnalyzableError:
-        """A cancelled report that says why, so the clinician knows the AI did not run; the error to end the job."""
-        model = self.model
+        self,
+        study: ImagingStudyInfo,
+        model: ModelManifest,
+        err: NotAnalyzableError,
+        before_write: Callable[[], None] | None,
+    ) -> str:
+        """A cancelled report that says why, so the clinician knows the AI did not run; what was done, in words."""
         algorithm = Algorithm(model.name, model.title, model.version, served_version=model.triton_version)
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         charted = chart_not_analysable(self.fhir, study.context, algorithm, err.reason, issued, before_write)
-        then = (
+        return (
             f"cancelled report {charted.reference} written (the AI did not run)"
             if charted.written
             else f"{charted.reference} already in the chart, left as it is"
         )
-        return NotAnalyzableError(err.study_uid, err.reason, then)
 
     def _check_report_subject(self, study: ImagingStudyInfo, reference: str) -> None:
         """A conditional create that matched an existing report must have matched this patient's.

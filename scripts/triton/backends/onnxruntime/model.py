@@ -12,7 +12,12 @@ The PyPI Triton build (nvidia-pytriton 0.7.0, tritonserver 2.51) has only the Py
   onnxruntime run and the outputs are split back (requests may carry different batch sizes). Requests that
   cannot be joined (different non-batch dims or different sets of inputs) run in separate groups;
 - threads: config `parameters { key: "intra_op_thread_count" value: { string_value: "N" } }` (and
-  `inter_op_thread_count`) as for the native backend; default intra-op threads = 2.
+  `inter_op_thread_count`) as for the native backend; default intra-op threads = the CPUs this process may use,
+  as onnxruntime's own default (and the worker's in-process LocalOnnxBackend) picks;
+- spinning: onnxruntime's intra-op threads busy-wait for work by default. Inside Triton they would take the cores
+  that Triton's gRPC threads and this stub need to move the next request's tensors (on the 2-core test machine
+  that cost about a quarter more CPU per volume), so they sleep instead unless the config sets
+  `parameters { key: "allow_spinning" value: { string_value: "1" } }`.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ def _param(config: dict[str, Any], key: str) -> str | None:
     return None
 
 
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _to_ort(arr: np.ndarray, ort_type: str | None) -> np.ndarray:
     if arr.dtype == np.object_:  # TYPE_STRING / BYTES: Triton gives bytes, onnxruntime wants str
         decode = np.vectorize(lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x), otypes=[object])
@@ -78,11 +90,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file {path} not found")
         self.max_batch_size = int(self.config.get("max_batch_size") or 0)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(_param(self.config, "intra_op_thread_count") or 2)
-        opts.inter_op_num_threads = int(_param(self.config, "inter_op_thread_count") or 1)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            path, sess_options=self._session_options(), providers=["CPUExecutionProvider"]
+        )
 
         model_inputs = {i.name: i for i in self.session.get_inputs()}
         model_outputs = {o.name for o in self.session.get_outputs()}
@@ -107,6 +117,15 @@ class TritonPythonModel:
         if not self.outputs:
             raise pb_utils.TritonModelException(f"{self.name}: config.pbtxt declares no output")
         self.output_names = list(self.outputs)
+
+    def _session_options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(_param(self.config, "intra_op_thread_count") or _usable_cpus())
+        opts.inter_op_num_threads = int(_param(self.config, "inter_op_thread_count") or 1)
+        spinning = (_param(self.config, "allow_spinning") or "0").strip()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return opts
 
     def _requested(self, request: Any) -> list[str]:
         try:
