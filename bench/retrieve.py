@@ -165,7 +165,9 @@ def _measure(
         },
         runs,
     )
-    ours, baseline, limit, local, sitk = (timings[k] for k in ("ours", "baseline", "limit", "local", "sitk"))
+    ours, baseline, limit, local, sitk = (
+        statistics.median(timings[k]) for k in ("ours", "baseline", "limit", "local", "sitk")
+    )
     try:
         baseline_client.retrieve_series(study, series)
         default_status: Any = 200
@@ -185,12 +187,19 @@ def _measure(
         "local_s": round(local, 4),
         "local_sitk_s": round(sitk, 4),
         "local_ratio": round(sitk / local, 2),
+        # Each round's own figures (ours and the baseline ran back to back): the spread behind the medians.
+        "rounds": {
+            "ours_s": [round(t, 3) for t in timings["ours"]],
+            "baseline_s": [round(t, 3) for t in timings["baseline"]],
+            "ratio": [round(b / o, 2) for b, o in zip(timings["baseline"], timings["ours"], strict=True)],
+            "limit_fraction": [round(t / o, 3) for t, o in zip(timings["limit"], timings["ours"], strict=True)],
+        },
     }
 
 
-def _interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds of each function over ``runs`` rounds (each round runs every function once), after a
-    warm-up round (connections, page cache, decoder processes)."""
+def _interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, list[float]]:
+    """Seconds of each function in each of ``runs`` rounds (each round runs every function once), after a
+    warm-up round (connections, page cache, decoder threads)."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -199,7 +208,7 @@ def _interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, f
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _ours(pacs: PacsClient, study: str, series: str) -> np.ndarray:

@@ -541,8 +541,17 @@ def test_services_select_their_pods_and_named_ports(rendered: dict[str, list[Man
 
 def test_notes_tell_the_operator_what_to_check_next(chart: helm.Chart) -> None:
     notes = next(text for path, text in render(chart, None).items() if path.endswith("NOTES.txt"))
-    for check in ("rollout status", "/readyz", "grpc.health.v1.Health/Check", "/v2/models/lung-density/ready"):
+    for check in ("rollout status", "/readyz", "grpc.health.v1.Health/Check", "/v2/repository/index"):
         assert check in notes
+    # Workers pinned to named models: their args name each, and the notes check each one on Triton.
+    values = yaml.safe_load(yaml.safe_dump(SCENARIOS["production"]))
+    values["worker"]["models"] = ["lung-density", "lung-nodule-cad"]
+    pinned = render(chart, values)
+    pinned_notes = next(text for path, text in pinned.items() if path.endswith("NOTES.txt"))
+    assert "/v2/models/lung-density/ready" in pinned_notes and "/v2/models/lung-nodule-cad/ready" in pinned_notes
+    worker = next(text for path, text in pinned.items() if path.endswith("worker-deployment.yaml"))
+    (container,) = yaml.safe_load(worker)["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["worker", "--model", "lung-density", "--model", "lung-nodule-cad"]
     assert "still name the chart's in-namespace stand-ins" in notes
     production = next(
         text for path, text in render(chart, SCENARIOS["production"]).items() if path.endswith("NOTES.txt")

@@ -6,9 +6,9 @@ and an estimated diameter (:mod:`imaging_cds.inference.windows` runs it window b
 grouped into 3D connected regions; each region is one candidate, placed at the centroid of its most probable voxels
 (those within 0.02 of its peak probability, so a saturated plateau is centred), with the peak probability and the
 median diameter over those voxels. :func:`measure_diameter` then sizes each candidate on the CT itself: the voxels
-above ``SIZE_THRESHOLD_HU`` connected to the centre, within 1.5 (or 2.5) times the model's radius estimate, as the diameter of
-the sphere of the same volume (the model's own estimate is kept when that region is empty or runs into the limit,
-i.e. is not a closed blob). Candidates outside the lungs are dropped (when ``inside_lungs``), then
+above ``SIZE_THRESHOLD_HU`` connected to the centre, within 1.5 (or 2.5) times the model's radius estimate, as the
+diameter of the sphere of the same volume (the model's estimate is kept when that region is empty or runs into the
+limit, i.e. is not a closed blob). Candidates outside the lungs are dropped (when ``inside_lungs``), then
 non-maximum suppression keeps a candidate only if no more probable one lies within ``min_separation_mm`` or within
 the larger one's radius; at most ``max_findings`` remain, most probable first.
 
