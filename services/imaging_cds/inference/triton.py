@@ -164,7 +164,7 @@ class SystemSharedMemory:
         try:
             self._register(region)
         except BaseException:
-            system_shm.destroy_shared_memory_region(handle)
+            _destroy(region)
             raise
         return region
 
@@ -199,7 +199,7 @@ class SystemSharedMemory:
 
     def _release(self, region: _Region) -> None:
         self._unregister(region)
-        system_shm.destroy_shared_memory_region(region.handle)
+        _destroy(region)
 
 
 class TritonBackend:
@@ -229,6 +229,7 @@ class TritonBackend:
         if o.shared_memory == "system":
             self._shm = SystemSharedMemory(self._client, url, slots, o.timeout_s)
         self._shm_to_close = self._shm
+        self._fallback_lock = threading.Lock()
         # Output bytes per batch item, per (model, version, input item shape, dtype): sizes the output regions.
         # Learnt from the first answer over gRPC, so a model's output shape needs no configuration.
         self._output_item_bytes: dict[tuple[str, str, tuple[int, ...], str], int] = {}
@@ -312,11 +313,13 @@ class TritonBackend:
         return output
 
     def _shared_memory_failed(self, err: SharedMemoryError) -> None:
-        if err.fatal and self._shm is not None:
-            self._shm = None
-            log.warning("Triton at %s: %s; tensors go over gRPC from now on", self.url, err)
-        else:
+        if not err.fatal:
             log.warning("Triton at %s: %s; this request goes over gRPC", self.url, err)
+            return
+        with self._fallback_lock:  # requests in flight fail together: say it once
+            first, self._shm = self._shm is not None, None
+        if first:
+            log.warning("Triton at %s: %s; tensors go over gRPC from now on", self.url, err)
 
     def _request(
         self,
@@ -398,3 +401,11 @@ class TritonBackend:
 
 def _item_key(model: ModelManifest, batch: np.ndarray) -> tuple[str, str, tuple[int, ...], str]:
     return (model.triton_model, model.triton_version, tuple(batch.shape[1:]), batch.dtype.str)
+
+
+def _destroy(region: _Region) -> None:
+    """Unmaps and unlinks the region; one already unlinked by someone else is only unmapped."""
+    try:
+        system_shm.destroy_shared_memory_region(region.handle)
+    except (system_shm.SharedMemoryException, OSError) as err:
+        log.debug("shared memory %s: %s", region.key, err)
