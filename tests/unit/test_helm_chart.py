@@ -69,6 +69,14 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
         "app": {"logLevel": "WARNING"},
         "gateway": {"logLevel": "DEBUG", "grpcTls": {"enabled": True, "secretName": GRPC_TLS_SECRET}},
     },
+    # The EHR wants SMART Backend Services: the client id, and the private key from an existing Secret.
+    "smart-auth": {
+        "fhir": {
+            "url": "https://ehr.hospital.example/fhir/R4",
+            "auth": "smart",
+            "smart": {"clientId": "imaging-cds", "existingSecret": "imaging-cds-smart", "keyId": "k1"},
+        }
+    },
 }
 
 
@@ -219,6 +227,12 @@ BAD_VALUES = {
     "log level": ({"app": {"logLevel": "TRACE"}}, "/app/logLevel"),
     "component log level": ({"worker": {"logLevel": "verbose"}}, "/worker/logLevel"),
     "gRPC TLS without a Secret": ({"gateway": {"grpcTls": {"enabled": True}}}, "/gateway/grpcTls/secretName"),
+    "SMART without a key": ({"fhir": {"auth": "smart", "smart": {"clientId": "x"}}}, "/fhir/smart"),
+    "SMART without a client": (
+        {"fhir": {"auth": "smart", "smart": {"clientId": "", "existingSecret": "k"}}},
+        "/fhir/smart/clientId",
+    ),
+    "FHIR auth": ({"fhir": {"auth": "basic"}}, "/fhir/auth"),
     "gRPC TLS empty Secret": (
         {"gateway": {"grpcTls": {"enabled": True, "secretName": ""}}},
         "/gateway/grpcTls/secretName",
@@ -373,6 +387,31 @@ def test_grpc_tls_mounts_the_secret_read_only_and_points_the_settings_at_it(
         assert not any(v.get("secret", {}).get("secretName") == GRPC_TLS_SECRET for v in pod["volumes"])
         plain = _settings_from(pod["containers"][0])
         assert (plain.grpc_tls_cert_file, plain.grpc_tls_key_file) == ("", ""), scenario
+
+
+def test_smart_backend_auth_mounts_the_private_key_read_only_in_gateway_and_workers(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    for suffix in ("-gateway", "-worker"):
+        pod = one(rendered["smart-auth"], "Deployment", suffix)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "imaging-cds-smart"]
+        assert volume["secret"]["items"] == [{"key": "private-key.pem", "path": "private-key.pem"}]
+        assert volume["secret"]["defaultMode"] & 0o007 == 0, "the private key is readable by other users"
+        assert pod["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        settings = _settings_from(container)
+        assert (settings.fhir_auth, settings.fhir_smart_client_id, settings.fhir_smart_key_id) == (
+            "smart",
+            "imaging-cds",
+            "k1",
+        )
+        assert settings.fhir_smart_private_key_file == f"{mount['mountPath']}/private-key.pem"
+    for scenario in set(SCENARIOS) - {"smart-auth"}:  # off: no key, no variables
+        for suffix in ("-gateway", "-worker"):
+            container = one(rendered[scenario], "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]
+            assert _settings_from(container).fhir_auth == "none", scenario
 
 
 def test_log_level_is_global_with_a_per_component_override(rendered: dict[str, list[Manifest]]) -> None:

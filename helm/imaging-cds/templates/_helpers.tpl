@@ -172,6 +172,26 @@ seccompProfile:
 {{- end }}
 - name: IMAGING_CDS_FHIR_URL
   value: {{ .Values.fhir.url | quote }}
+{{- if eq .Values.fhir.auth "smart" }}
+- name: IMAGING_CDS_FHIR_AUTH
+  value: smart
+- name: IMAGING_CDS_FHIR_SMART_CLIENT_ID
+  value: {{ .Values.fhir.smart.clientId | quote }}
+- name: IMAGING_CDS_FHIR_SMART_PRIVATE_KEY_FILE
+  value: {{ printf "%s/%s" (include "imaging-cds.smartKeyDir" .) .Values.fhir.smart.privateKeyKey | quote }}
+{{- with .Values.fhir.smart.scope }}
+- name: IMAGING_CDS_FHIR_SMART_SCOPE
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.fhir.smart.tokenUrl }}
+- name: IMAGING_CDS_FHIR_SMART_TOKEN_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.fhir.smart.keyId }}
+- name: IMAGING_CDS_FHIR_SMART_KEY_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 - name: IMAGING_CDS_REPORT_STATUS
   value: {{ .Values.reports.status | quote }}
 - name: IMAGING_CDS_PERFORMER_DISPLAY
@@ -203,8 +223,21 @@ seccompProfile:
 {{- end }}
 
 {{/* The gateway's and workers' volumes and mounts: /tmp, and the model repository claim when it is shared. */}}
+{{- define "imaging-cds.smartKeyDir" -}}
+/var/run/secrets/imaging-cds/smart
+{{- end }}
+
 {{- define "imaging-cds.appVolumes" -}}
 {{ include "imaging-cds.tmpVolume" (dict "sizeLimit" .sizeLimit) }}
+{{- if eq .root.Values.fhir.auth "smart" }}
+- name: smart-key
+  secret:
+    secretName: {{ .root.Values.fhir.smart.existingSecret }}
+    # Only the private key, readable by the pod's group (fsGroup) and no one else: 0440.
+    items:
+      - {key: {{ .root.Values.fhir.smart.privateKeyKey }}, path: {{ .root.Values.fhir.smart.privateKeyKey }}}
+    defaultMode: 288
+{{- end }}
 {{- if eq (include "imaging-cds.modelRepositoryPath" .root) "/models" }}
 - name: models
   persistentVolumeClaim:
@@ -216,6 +249,11 @@ seccompProfile:
 {{- define "imaging-cds.appVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if eq .Values.fhir.auth "smart" }}
+- name: smart-key
+  mountPath: {{ include "imaging-cds.smartKeyDir" . }}
+  readOnly: true
+{{- end }}
 {{- if eq (include "imaging-cds.modelRepositoryPath" .) "/models" }}
 - name: models
   mountPath: /models
