@@ -18,10 +18,10 @@ from imaging_cds.inference.manifest import load_manifest
 from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 
 
-def request_tokens(shape: tuple[int, ...]) -> set[str]:
-    """Every word a lung-density inference request may hold once its pixels are removed: names, type, shape."""
-    names = {"model_name:", '"lung-density"', "model_version:", '"1"', "inputs", "outputs", "{", "}", "name:"}
-    tensors = {'"ct_hu"', "datatype:", '"INT16"', "shape:", '"lung_candidate"'}
+def request_tokens(shape: tuple[int, ...], model: str = "lung-density", output: str = "lung_candidate") -> set[str]:
+    """Every word an inference request may hold once its pixels are removed: names, type, shape."""
+    names = {"model_name:", f'"{model}"', "model_version:", '"1"', "inputs", "outputs", "{", "}", "name:"}
+    tensors = {'"ct_hu"', "datatype:", '"INT16"', "shape:", f'"{output}"'}
     return names | tensors | {str(d) for d in shape}
 
 
@@ -99,7 +99,11 @@ class _RecordingTriton:
             request = service_pb2.ModelInferRequest.FromString(raw)
             shape = list(request.inputs[0].shape)
             response = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1")
-            output = response.outputs.add(name="lung_candidate", datatype="UINT8", shape=shape)
+            if request.model_name == "lung-nodule-cad":  # (windows, 2 channels, z, y, x)
+                name, shape = "nodule_map", [shape[0], 2, *shape[1:]]
+            else:
+                name = "lung_candidate"
+            output = response.outputs.add(name=name, datatype="UINT8", shape=shape)
             del output  # the values travel in raw_output_contents
             response.raw_output_contents.append(bytes(int(np.prod(shape))))
             return bytes(response.SerializeToString())
@@ -181,3 +185,57 @@ def test_the_bytes_sent_to_triton_are_pixels_and_tensor_names_only(sample: Sampl
         del request.raw_input_contents[:]
         assert set(str(request).split()) <= request_tokens((n, 512, 512))
     assert sent_slices == {volume.hu[k].tobytes() for k in range(volume.hu.shape[0])}  # the HU pixels, exactly
+
+
+def test_the_windows_a_volume_model_is_sent_are_pixels_and_tensor_names_only(sample: SampleStudy) -> None:
+    """The nodule CAD's path (resample, windows) through TritonBackend, against the recording server."""
+    from imaging_cds.imaging.files import FileStream
+    from imaging_cds.inference.triton import TritonBackend
+    from imaging_cds.inference.windows import infer_volume, resample
+    from imaging_cds.worker.pipeline import analyze_series_with
+    from imaging_cds.worker.timing import StageTimer
+
+    model = load_manifest(DEFAULT_MODEL_REPOSITORY / "lung-nodule-cad")
+    assert model.preprocessing is not None
+    files = sorted(sample.study_dir.rglob("*.dcm"))
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files[:20]]
+    triton = _RecordingTriton()
+    backend = TritonBackend(f"127.0.0.1:{triton.port}")
+    try:
+        (run,) = analyze_series_with(
+            sample.study_instance_uid,
+            sample.series_instance_uid,
+            FileStream(sample.study_instance_uid, files),
+            [model],
+            backend,
+            StageTimer(),
+        )
+        assert run.analysis is not None  # all-zero outputs: no nodule, a report that says so
+        volume = run.analysis.volume
+        resampled, _grid = resample(volume, model.preprocessing)
+        sent = infer_volume(volume, model, backend).windows
+    finally:
+        backend.close()
+        triton.stop()
+    identity: list[str] = list(PHI_MARKERS)
+    for ds in headers:
+        identity += [str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
+        identity += [str(ds.get(k, "")) for k in ("AccessionNumber", "StudyDate", "StudyTime") if ds.get(k)]
+    from tritonclient.grpc import service_pb2
+
+    windows = 0
+    for raw in triton.received:
+        for marker in identity:
+            assert marker.encode() not in raw and marker.encode("utf-16-le") not in raw
+        if b"ct_hu" not in raw:
+            continue
+        request = service_pb2.ModelInferRequest.FromString(raw)
+        shape = tuple(int(d) for d in request.inputs[0].shape)
+        assert request.inputs[0].datatype == "INT16" and len(shape) == 4
+        assert len(request.raw_input_contents[0]) == int(np.prod(shape)) * 2  # the window's HU, nothing appended
+        pixels = np.frombuffer(request.raw_input_contents[0], dtype=np.int16)
+        assert pixels.min() >= resampled.min() and pixels.max() <= resampled.max()
+        del request.raw_input_contents[:]
+        assert set(str(request).split()) <= request_tokens(shape, "lung-nodule-cad", "nodule_map")
+        windows += shape[0]
+    assert windows == 2 * sent  # the pipeline's run and infer_volume's: every window went, and only windows
