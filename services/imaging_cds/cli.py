@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=220)
+    p.add_argument(
+        "--nodules", type=int, default=None, help="pulmonary nodules to place (default: 1 to 3, drawn from the seed)"
+    )
     p.set_defaults(func=_sample_study)
 
     p = sub.add_parser("gateway", help="run the gateway (gRPC API + FHIR webhook), configured by IMAGING_CDS_*")
@@ -148,8 +151,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def _sample_study(args: argparse.Namespace) -> int:
     from imaging_cds.sample.synthetic_ct import write_sample_study
 
-    study = write_sample_study(args.out, seed=args.seed, n_slices=args.slices)
+    study = write_sample_study(args.out, seed=args.seed, n_slices=args.slices, nodules=args.nodules)
     print(f"wrote {study.n_instances} CT images to {study.study_dir}")
+    for nodule in study.ground_truth["nodules"]:
+        x, y, z = nodule["centre_lps_mm"]
+        print(
+            f"  {nodule['type']} nodule, {nodule['diameter_mm']:.1f} mm, {nodule['side']} lung, "
+            f"LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm, image {nodule['slice_index'] + 1}"
+        )
     print(f"ground truth: {args.out / 'ground_truth.json'}")
     return EXIT_OK
 
@@ -166,11 +175,13 @@ def _worker(args: argparse.Namespace) -> int:
     from imaging_cds.fhir.client import FhirClient
     from imaging_cds.inference.triton import TritonBackend
     from imaging_cds.jobs.queue import queue_from_settings
+    from imaging_cds.metrics import serve_worker_metrics
     from imaging_cds.worker.service import Worker
 
     settings = Settings.from_env()
     models = worker_models(settings, args.model)
     logging.getLogger("imaging_cds.worker").info("models: %s", ", ".join(f"{m.name} {m.version}" for m in models))
+    serve_worker_metrics(settings.metrics_host, settings.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -62,6 +62,9 @@ class Settings:
     grpc_port: int = 50051
     webhook_secret: str = field(default="", repr=False)
     log_level: str = "INFO"  # gateway and worker (read by the CLI before anything logs)
+    # A worker's Prometheus metrics (the gateway's are GET /metrics on its HTTP port); port 0: not served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # TLS for the gRPC API: PEM files; both set = TLS, neither = plaintext (e.g. TLS ends at an ingress or mesh).
     grpc_tls_cert_file: str = ""
     grpc_tls_key_file: str = ""

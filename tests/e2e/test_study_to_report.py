@@ -66,6 +66,7 @@ def stack(sandbox: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         IMAGING_CDS_PUBLIC_WEBHOOK_URL=webhook,
         IMAGING_CDS_WEBHOOK_SECRET=SECRET,
         IMAGING_CDS_STABILITY_WINDOW_S="2",
+        IMAGING_CDS_METRICS_PORT=str(free_port()),  # the worker's; the gateway's are GET /metrics
     )
     settings = Settings.from_env(env)
     with (
@@ -388,6 +389,31 @@ def test_grpc_rejects_bad_requests_with_proper_codes(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stack.grpc.GetJob(jobs_pb2.GetJobRequest(job_id="no-such-job"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_count_the_work_and_name_no_patient(
+    stack: Stack, chest_ct: SampleStudy, charted: dict[str, Any]
+) -> None:
+    gateway = httpx.get(f"http://127.0.0.1:{stack.settings.http_port}/metrics").text
+    worker = httpx.get(f"http://127.0.0.1:{stack.settings.metrics_port}/metrics").text
+
+    def value(text: str, sample: str) -> float:
+        (line,) = [line for line in text.splitlines() if line.startswith(sample + " ")]
+        return float(line.split()[-1])
+
+    assert value(gateway, 'imaging_cds_notifications_total{outcome="queued"}') >= 1
+    assert value(gateway, "imaging_cds_queue_up") == 1.0
+    assert value(gateway, 'imaging_cds_queue_jobs{part="succeeded"}') >= 1
+    assert value(worker, 'imaging_cds_jobs_finished_total{state="succeeded"}') >= 1
+    for model in ("lung-density", "lung-nodule-cad"):
+        assert value(worker, f'imaging_cds_reports_total{{kind="results",model="{model}"}}') >= 1
+    assert value(worker, 'imaging_cds_stage_seconds_count{stage="post-process"}') >= 1
+    study = charted["study"]
+    identifiers = [*PHI_MARKERS, chest_ct.study_instance_uid, chest_ct.series_instance_uid, study["id"]]
+    identifiers.append(study["subject"]["reference"].split("/")[-1])
+    for text in (gateway, worker):
+        for marker in identifiers:
+            assert marker not in text
 
 
 def test_no_patient_identity_in_any_log(stack: Stack, charted: dict[str, Any]) -> None:

@@ -318,8 +318,32 @@ def test_every_container_with_a_port_has_liveness_and_readiness_probes(rendered:
                     assert port is None or port in named or port in named.values(), f"{where}: probe port {port}"
             else:
                 unprobed.add(c["name"])
-    # The worker serves nothing and no probe can see its job loop; values.yaml and the README say so.
-    assert unprobed == {"worker"}
+    # With its metrics port the worker is probed there (the process answers); nothing else goes unprobed.
+    assert unprobed == set()
+
+
+def test_workers_serve_metrics_that_prometheus_may_scrape(chart: helm.Chart) -> None:
+    values = yaml.safe_load(yaml.safe_dump(SCENARIOS["production"]))
+    docs = manifests_of(render(chart, values))
+    pod = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    settings = _settings_from(worker)
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9464)
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    (monitor,) = find(docs, "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    gateway_monitor = one(docs, "ServiceMonitor", "-gateway")
+    assert gateway_monitor["spec"]["endpoints"][0] == {"port": "http", "path": "/metrics", "interval": "30s"}
+    policy = one(docs, "NetworkPolicy", "-worker")["spec"]
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == [9464]
+    # Off: no port, no probe, no PodMonitor, and the worker still accepts no connection at all.
+    values["metrics"]["workerPort"] = 0
+    docs = manifests_of(render(chart, values))
+    (worker,) = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"]
+    assert "ports" not in worker and "livenessProbe" not in worker
+    assert _settings_from(worker).metrics_port == 0 and not find(docs, "PodMonitor")
+    assert "ingress" not in one(docs, "NetworkPolicy", "-worker")["spec"]
 
 
 def test_gateway_probes_are_http_liveness_and_grpc_health_readiness(rendered: dict[str, list[Manifest]]) -> None:

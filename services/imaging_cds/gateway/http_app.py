@@ -5,6 +5,7 @@
                                                or an R4 Subscriptions Backport notification (history Bundle)
     GET      /healthz                          process alive
     GET      /readyz                           Redis reachable
+    GET      /metrics                          Prometheus metrics (imaging_cds.metrics: no patient data)
 
 Answers: 202 queued (or already queued), 200 nothing to do (handshake, heartbeat, a status we do not analyse),
 400 malformed, 401 missing or wrong secret, 413 body too large, 503 queue unavailable (the EHR retries).
@@ -20,9 +21,10 @@ from typing import Any
 
 import httpx
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imaging_cds.errors import InvalidNotificationError
@@ -32,6 +34,7 @@ from imaging_cds.intake.priority import priority_from_orders
 from imaging_cds.intake.rest_hook import parse_notification
 from imaging_cds.jobs.model import Priority, StudyRef
 from imaging_cds.jobs.queue import BatchingSubmitter, JobQueue
+from imaging_cds.metrics import NOTIFICATIONS, intake_outcome
 
 log = logging.getLogger("imaging_cds.gateway")
 
@@ -48,6 +51,11 @@ def create_app(
     expected = f"Bearer {webhook_secret}".encode() if webhook_secret else b""
 
     async def notify(request: Request) -> JSONResponse:
+        answer = await _notify(request)
+        NOTIFICATIONS.labels(outcome=intake_outcome(answer.status_code)).inc()
+        return answer
+
+    async def _notify(request: Request) -> JSONResponse:
         if expected and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
             return _outcome(401, "security", "missing or wrong webhook credentials")
         body = await _read_body(request, max_body_bytes)
@@ -105,6 +113,9 @@ def create_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     async def readyz(request: Request) -> JSONResponse:
         try:
             queue.ping()
@@ -118,6 +129,7 @@ def create_app(
             Route("/fhir/notify", notify, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
         ]
     )
 

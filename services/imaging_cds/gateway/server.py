@@ -19,6 +19,7 @@ from imaging_cds.inference.manifest import load_manifests
 from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.reconciler import Reconciler
 from imaging_cds.jobs.queue import BatchingSubmitter, queue_from_settings
+from imaging_cds.metrics import register_queue
 
 log = logging.getLogger("imaging_cds.gateway")
 
@@ -26,6 +27,7 @@ log = logging.getLogger("imaging_cds.gateway")
 def run_gateway(settings: Settings) -> None:
     queue = queue_from_settings(settings)
     queue.ensure_group()
+    register_queue(queue)  # its backlog in GET /metrics
     stop = threading.Event()
     fhir = FhirClient.from_settings(settings)
     reconciler = Reconciler(fhir, queue, queue.redis, settings.queue_prefix, settings.poll_lookback_s)

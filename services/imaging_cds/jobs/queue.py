@@ -175,6 +175,19 @@ class JobQueue:
     def stream_length(self) -> int:
         return sum(int(self._redis.xlen(s)) for s in self.streams.values())
 
+    def backlog(self) -> dict[str, int]:
+        """Jobs by state (``queued``, ``running``, and the terminal states' kept records), jobs parked in the
+        delayed set (``delayed``: backing off or waiting for images) and entries in the dead-letter stream
+        (``dead_letters``); one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for state in JobState:
+            pipe.zcard(f"{self.prefix}:state:{state.value}")
+        pipe.zcard(f"{self.prefix}:delayed")
+        pipe.xlen(self.dead_stream)
+        counts = [int(n) for n in pipe.execute()]
+        names = [state.value for state in JobState] + ["delayed", "dead_letters"]
+        return dict(zip(names, counts, strict=True))
+
     # -- job state ----------------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:

@@ -34,12 +34,14 @@ from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.jobs.model import Job, JobState, Priority
 from imaging_cds.jobs.policy import Readiness, backoff_s, study_readiness
 from imaging_cds.jobs.queue import Delivery, JobQueue
+from imaging_cds.metrics import JOB_RUNS_DEFERRED, JOBS_FINISHED, REPORTS, STAGE_SECONDS
 from imaging_cds.worker.pipeline import ModelRun, SeriesAnalysis, analyze_series_with
 from imaging_cds.worker.timing import StageTimer
 
 log = logging.getLogger("imaging_cds.worker")
 
 ANALYSABLE_STATUS = "available"
+WAITING = "waiting for images: "
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,15 @@ class Worker:
         if result.state.terminal:
             return self._finish(delivery, result)
         self.queue.retry_later(delivery, result)
+        JOB_RUNS_DEFERRED.labels(reason="waiting" if result.outcome.startswith(WAITING) else "retry").inc()
         log.info("job %s: %s", job.job_id, result.outcome)
         return result
 
     def _finish(self, delivery: Delivery, job: Job) -> Job:
         self.queue.finish(delivery, job)
+        JOBS_FINISHED.labels(state=job.state.value).inc()
+        for stage, seconds in job.stage_seconds.items():
+            STAGE_SECONDS.labels(stage=stage).observe(seconds)
         log.info("job %s study %s: %s %s", job.job_id, job.study.study_uid, job.state.value, job.outcome)
         return job
 
@@ -156,7 +162,7 @@ class Worker:
                 not_before=now + r.wait_s,
                 observed_instances=r.observed,
                 stable_since=r.stable_since,
-                outcome=f"waiting for images: {r.reason}",
+                outcome=f"{WAITING}{r.reason}",
             )
         except NotAnalyzableError as err:
             return job.with_state(JobState.NOT_ANALYZABLE, now, outcome=str(err))
@@ -274,7 +280,7 @@ class Worker:
 
     def _chart(self, study: ImagingStudyInfo, analysis: SeriesAnalysis, before_write: Callable[[], None] | None) -> str:
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        reference = chart_report(
+        charted = chart_report(
             self.fhir,
             study.context,
             analysis.algorithm,
@@ -282,9 +288,10 @@ class Worker:
             self.settings.report_status,
             issued,
             before_write,
-        ).reference
-        self._check_report_subject(study, reference)
-        return reference
+        )
+        self._check_report_subject(study, charted.reference)
+        REPORTS.labels(model=analysis.algorithm.name, kind="results" if charted.written else "unchanged").inc()
+        return charted.reference
 
     def _chart_not_analysable(
         self,
@@ -297,6 +304,7 @@ class Worker:
         algorithm = Algorithm(model.name, model.title, model.version, served_version=model.triton_version)
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         charted = chart_not_analysable(self.fhir, study.context, algorithm, err.reason, issued, before_write)
+        REPORTS.labels(model=model.name, kind="cancelled" if charted.written else "unchanged").inc()
         return (
             f"cancelled report {charted.reference} written (the AI did not run)"
             if charted.written
