@@ -25,7 +25,7 @@ from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.dicomweb.selection import plan_series
 from imaging_cds.errors import ImagingCdsError, InvalidNotificationError, NotAnalyzableError, TransientError
-from imaging_cds.fhir.charting import chart_not_analysable, chart_report
+from imaging_cds.fhir.charting import Charted, chart_not_analysable, chart_report
 from imaging_cds.fhir.client import FhirClient, FhirError
 from imaging_cds.fhir.imaging_study import ImagingStudyInfo, parse_imaging_study
 from imaging_cds.fhir.report import Algorithm
@@ -255,9 +255,10 @@ class Worker:
         with timer.stage("fhir-write"):
             for run in runs:
                 if run.analysis is not None:
-                    reference = self._chart(study, run.analysis, before_write)
-                    references.append(reference)
-                    said.append(f"{run.model.name}: report {reference} written")
+                    charted = self._chart(study, run.analysis, before_write)
+                    references.append(charted.reference)
+                    done = "written" if charted.written else "already in the chart for this model version"
+                    said.append(f"{run.model.name}: report {charted.reference} {done}")
                 else:
                     assert run.not_analysable is not None
                     then = self._chart_not_analysable(study, run.model, run.not_analysable, before_write)
@@ -278,7 +279,9 @@ class Worker:
             )
         return NotAnalyzableError(study.context.study_uid, " | ".join(reasons), "; ".join(thens))
 
-    def _chart(self, study: ImagingStudyInfo, analysis: SeriesAnalysis, before_write: Callable[[], None] | None) -> str:
+    def _chart(
+        self, study: ImagingStudyInfo, analysis: SeriesAnalysis, before_write: Callable[[], None] | None
+    ) -> Charted:
         issued = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         charted = chart_report(
             self.fhir,
@@ -291,7 +294,7 @@ class Worker:
         )
         self._check_report_subject(study, charted.reference)
         REPORTS.labels(model=analysis.algorithm.name, kind="results" if charted.written else "unchanged").inc()
-        return charted.reference
+        return charted
 
     def _chart_not_analysable(
         self,
