@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except NotAnalyzableError as err:
         print(f"not analysable: {err}", file=sys.stderr)
         return EXIT_NOT_ANALYSABLE
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
 
@@ -111,8 +114,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if not args.study_dir.is_dir():
         print(f"error: {args.study_dir} is not a folder", file=sys.stderr)
         return EXIT_ERROR
-    repository = _model_repository(args)
-    models = [load_manifest(repository / name) for name in args.model] if args.model else load_manifests(repository)
+    models = runnable_models(_model_repository(args), args.model or [])
     result = analyze_folder(
         args.study_dir,
         args.out,
@@ -200,17 +202,20 @@ def _worker(args: argparse.Namespace) -> int:
 
 def worker_models(settings: Settings, names: list[str] | None) -> list[ModelManifest]:
     """The models a worker runs: ``names`` (``--model``), else IMAGING_CDS_MODELS, else every model folder."""
+    wanted = names or [n.strip() for n in settings.models.split(",") if n.strip()]
+    return runnable_models(settings.model_repository, wanted)
+
+
+def runnable_models(repository: Path, names: list[str]) -> list[ModelManifest]:
+    """The named models of ``repository`` (none named: all of them), each one the worker can chart; a ManifestError
+    naming every problem otherwise, so nothing starts only to fail every study."""
     from imaging_cds.analysis.findings import post_processing_problem
 
-    wanted = names or [n.strip() for n in settings.models.split(",") if n.strip()]
-    if wanted:
-        models = [load_manifest(settings.model_repository / name) for name in wanted]
-    else:
-        models = load_manifests(settings.model_repository)
+    models = [load_manifest(repository / name) for name in names] if names else load_manifests(repository)
     if not models:
-        raise ManifestError(f"{settings.model_repository}: no model folders (each needs manifest.yaml)")
+        raise ManifestError(f"{repository}: no model folders (each needs manifest.yaml)")
     problems = [p for p in map(post_processing_problem, models) if p is not None]
-    if problems:  # refuse to start rather than fail every job: `imaging-cds models check` says the same
+    if problems:  # `imaging-cds models check` says the same
         raise ManifestError("; ".join(problems))
     return models
 

@@ -126,3 +126,15 @@ def test_a_classification_section_that_makes_no_sense_is_refused(repository: Pat
     manifest.write_text(manifest.read_text().replace("threshold: 0.5", "threshold: 5"))
     (problem,) = check_model(repository / TOY_MODEL).problems
     assert "classification.threshold" in problem
+
+
+def test_analyze_with_a_model_nothing_charts_says_so_and_exits_1(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = repository / TOY_MODEL / "manifest.yaml"
+    text = manifest.read_text()
+    manifest.write_text(text[: text.index("classification:")])
+    code = main(["analyze", str(tmp_path), "--out", str(tmp_path / "out"), "--model-repository", str(repository)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and TOY_MODEL in err and "no post-processing" in err
