@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the ONNX models in ``triton_repo/`` from code, deterministically.
 
-    python scripts/build_models.py                      # writes triton_repo/lung-density/{1/model.onnx,config.pbtxt}
+    python scripts/build_models.py                      # writes triton_repo/{lung-density,lung-nodule-cad}/...
     python scripts/build_models.py --out /tmp/repo      # same files under another model repository
     python scripts/build_models.py --evaluate 0 1 2 3 4 # also measure the model against synthetic phantoms
 
@@ -16,6 +16,21 @@ Input ``ct_hu`` INT16 [N, H, W] (N axial slices, HU already rescaled and clipped
 output keeps the input size), is below -400 HU: air-like tissue, which includes the lungs, airways and the air around
 the patient. The 3D connected-component post-processing that turns candidates into lungs is
 ``imaging_cds.analysis.lung_density.extract_lungs``.
+
+lung-nodule-cad
+---------------
+Input ``ct_hu`` INT16 [N, D, H, W]: N windows of a CT resampled to 2 mm isotropic voxels (the worker does that and
+the tiling, ``imaging_cds.inference.windows``); output ``nodule_map`` UINT8 [N, 2, D, H, W]: the voxel's nodule
+probability x 250 and the estimated nodule diameter in quarter millimetres (2 bytes per voxel, as the input). A
+constructed, not trained, multi-scale blob detector: HU clipped to [-1000, -400] and scaled to [0, 1]; Gaussian
+scale space at 1.3 and 2.1 mm on the 2 mm grid, and (after a grey-level opening that removes thin vessels and a
+2x2x2 average) at 3.0, 4.3, 6.2 and 9.0 mm on a 4 mm grid, upsampled back (trilinear); at each scale the Hessian (finite
+differences) and its largest and smallest eigenvalues in closed form; the scale-normalised blob response
+``max(0, -largest) * sigma^2 * (largest / smallest)^2`` (bright in every direction, and about as curved along every
+direction: a vessel's body, end or bifurcation scores low); the maximum over scales, with the diameter a
+response-weighted average of the scales' diameters (3 x sigma); probability ``sigmoid(475 (response - 0.0545))``.
+The slope and offset are a logistic regression of "candidate is a true nodule" on the response, over the candidates
+of the training phantoms (seeds 100-119); held-out figures come from ``scripts/evaluate_nodule_cad.py``.
 """
 
 from __future__ import annotations

@@ -135,9 +135,7 @@ def evaluate(seeds: list[int], n_slices: int, nodules: int | None, model_dir: Pa
                 "hit_diameters_mm": [[round(n["diameter_mm"], 1), round(f.diameter_mm, 1)] for f, n in hits],
                 "false_positives": len(fps),
                 "false_positive_probabilities": [round(f.probability, 3) for f in fps],
-                "missed_diameters_mm": [
-                    round(n["diameter_mm"], 1) for n in truth if (seed, n["index"]) not in hit_ids
-                ],
+                "missed_diameters_mm": [round(n["diameter_mm"], 1) for n in truth if (seed, n["index"]) not in hit_ids],
             }
         )
     by_size: dict[str, dict[str, Any]] = {}

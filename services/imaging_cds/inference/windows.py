@@ -103,20 +103,26 @@ class WindowPlan:
 
 
 def plan_axis(n: int, size: int, overlap: int, multiple_of: int = 1) -> WindowPlan:
-    """Windows along one axis of ``n`` voxels: as few as possible of one length <= ``size`` (a multiple of
-    ``multiple_of``), neighbours sharing at least ``overlap`` voxels, each keeping its half of every overlap.
+    """Windows along one axis of ``n`` voxels: as few as possible of one length <= ``size``, neighbours sharing at
+    least ``overlap`` voxels, each keeping its half of every overlap. Lengths and starts are multiples of
+    ``multiple_of``, so a model that pools by that factor sees every window on the same grid as the whole volume
+    (the stitched output then equals one pass over the volume).
 
-    A single window longer than ``n`` (rounded up to the multiple) is padded at the end by the caller.
+    The last window may reach past ``n`` (and a single one past ``n`` rounded up): the caller pads the volume's end.
     """
-    if n < 1 or size < 1 or not 0 <= overlap < size:
-        raise ValueError(f"cannot tile {n} voxels with windows of {size} overlapping by {overlap}")
+    if n < 1 or size < 1 or not 0 <= overlap < size or size % multiple_of:
+        raise ValueError(
+            f"cannot tile {n} voxels with windows of {size} (a multiple of {multiple_of}) overlapping by {overlap}"
+        )
     if n <= size:
         length = math.ceil(n / multiple_of) * multiple_of
         return WindowPlan(length=length, starts=(0,), keep=((0, n),))
     count = math.ceil((n - overlap) / (size - overlap))
     length = math.ceil((n + (count - 1) * overlap) / count)
     length = min(math.ceil(length / multiple_of) * multiple_of, size)
-    starts = tuple((i * (n - length)) // (count - 1) for i in range(count))
+    stride = max((length - overlap) // multiple_of * multiple_of, multiple_of)
+    count = math.ceil((n - length) / stride) + 1
+    starts = tuple(i * stride for i in range(count))
     bounds = [0, *((starts[i + 1] + starts[i] + length) // 2 for i in range(count - 1)), n]
     keep = tuple((bounds[i], bounds[i + 1]) for i in range(count))
     return WindowPlan(length=length, starts=starts, keep=keep)
@@ -136,7 +142,7 @@ def body_box(hu: np.ndarray, threshold_hu: float, spacing_mm: tuple[float, float
     The whole plane when nothing is above the threshold (no body: the caller's checks decide what that means).
     """
     s = _BODY_SAMPLE
-    projection = (hu[::s, ::s, ::s] > threshold_hu).any(axis=0)
+    projection = np.asarray((hu[::s, ::s, ::s] > threshold_hu).any(axis=0), dtype=bool)
     rows, columns = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
     if rows.size == 0:
         return slice(0, hu.shape[1]), slice(0, hu.shape[2])
@@ -194,7 +200,7 @@ def run_windows(
     stitch: returns ``(output (channels, z, y, x), number of windows)``."""
     plans = plan_windows((hu.shape[0], hu.shape[1], hu.shape[2]), window)
     lengths = tuple(p.length for p in plans)
-    pad = [(0, max(0, length - n)) for length, n in zip(lengths, hu.shape, strict=True)]
+    pad = [(0, max(0, p.starts[-1] + p.length - n)) for p, n in zip(plans, hu.shape, strict=True)]
     padded = np.pad(hu, pad, mode="edge") if any(after for _, after in pad) else hu
     tiles = [
         (sz, sy, sx, kz, ky, kx)
