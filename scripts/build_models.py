@@ -412,23 +412,26 @@ def lung_nodule_cad_graph() -> onnx.ModelProto:
     return model
 
 
-LUNG_DENSITY_CONFIG = f"""\
-name: "{LUNG_DENSITY_MODEL}"
+def triton_config(name: str, max_batch: int, input_dims: str, output: str, output_dims: str) -> str:
+    """``config.pbtxt`` of one of our models: the onnxruntime backend, INT16 ``ct_hu`` in, one UINT8 output, dynamic
+    batching with two priority levels (STAT requests overtake routine ones), one CPU instance."""
+    return f"""\
+name: "{name}"
 backend: "onnxruntime"
-max_batch_size: {MAX_BATCH_SIZE}
+max_batch_size: {max_batch}
 version_policy: {{ latest: {{ num_versions: 1 }} }}
 input [
   {{
     name: "ct_hu"
     data_type: TYPE_INT16
-    dims: [ -1, -1 ]
+    dims: [ {input_dims} ]
   }}
 ]
 output [
   {{
-    name: "lung_candidate"
+    name: "{output}"
     data_type: TYPE_UINT8
-    dims: [ -1, -1 ]
+    dims: [ {output_dims} ]
   }}
 ]
 dynamic_batching {{
@@ -443,59 +446,30 @@ instance_group [
   }}
 ]
 """
+
+
+LUNG_DENSITY_CONFIG = triton_config(LUNG_DENSITY_MODEL, MAX_BATCH_SIZE, "-1, -1", "lung_candidate", "-1, -1")
+LUNG_NODULE_CAD_CONFIG = triton_config(
+    LUNG_NODULE_CAD_MODEL, NODULE_MAX_BATCH_SIZE, "-1, -1, -1", "nodule_map", "2, -1, -1, -1"
+)
+
+
+def write_model(out: Path, name: str, graph: onnx.ModelProto, config: str) -> Path:
+    """Write ``<out>/<name>/1/model.onnx`` and ``config.pbtxt``; returns the model path."""
+    model_dir = out / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    model_path = model_dir / "1" / "model.onnx"
+    model_path.write_bytes(graph.SerializeToString(deterministic=True))
+    (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")
+    return model_path
 
 
 def write_lung_density(out: Path) -> Path:
-    """Write ``<out>/lung-density/1/model.onnx`` and ``config.pbtxt``; returns the model path."""
-    model_dir = out / LUNG_DENSITY_MODEL
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    model_path = model_dir / "1" / "model.onnx"
-    model_path.write_bytes(lung_density_graph().SerializeToString(deterministic=True))
-    (model_dir / "config.pbtxt").write_text(LUNG_DENSITY_CONFIG, encoding="utf-8")
-    return model_path
-
-
-LUNG_NODULE_CAD_CONFIG = f"""\
-name: "{LUNG_NODULE_CAD_MODEL}"
-backend: "onnxruntime"
-max_batch_size: {NODULE_MAX_BATCH_SIZE}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
-input [
-  {{
-    name: "ct_hu"
-    data_type: TYPE_INT16
-    dims: [ -1, -1, -1 ]
-  }}
-]
-output [
-  {{
-    name: "nodule_map"
-    data_type: TYPE_UINT8
-    dims: [ 2, -1, -1, -1 ]
-  }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: 2000
-  priority_levels: 2
-  default_priority_level: 2
-}}
-instance_group [
-  {{
-    kind: KIND_CPU
-    count: 1
-  }}
-]
-"""
+    return write_model(out, LUNG_DENSITY_MODEL, lung_density_graph(), LUNG_DENSITY_CONFIG)
 
 
 def write_lung_nodule_cad(out: Path) -> Path:
-    """Write ``<out>/lung-nodule-cad/1/model.onnx`` and ``config.pbtxt``; returns the model path."""
-    model_dir = out / LUNG_NODULE_CAD_MODEL
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    model_path = model_dir / "1" / "model.onnx"
-    model_path.write_bytes(lung_nodule_cad_graph().SerializeToString(deterministic=True))
-    (model_dir / "config.pbtxt").write_text(LUNG_NODULE_CAD_CONFIG, encoding="utf-8")
-    return model_path
+    return write_model(out, LUNG_NODULE_CAD_MODEL, lung_nodule_cad_graph(), LUNG_NODULE_CAD_CONFIG)
 
 
 def evaluate_lung_density(model_path: Path, seeds: list[int]) -> str:

@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +35,13 @@ MIN_HIT_RADIUS_MM = 5.0
 TRAINING_SEEDS = range(100, 120)
 
 
-@dataclass(frozen=True)
-class _Slice:
-    """What ``assemble_volume`` needs of one decoded image (``CtSliceLike``)."""
-
-    sop_uid: str
-    position_lps_mm: tuple[float, float, float]
-    orientation: tuple[float, float, float, float, float, float]
-    pixel_spacing_mm: tuple[float, float]
-    hu: np.ndarray
-
-
 def phantom_volume(seed: int, n_slices: int, nodules: int | None) -> tuple[Any, list[dict[str, Any]]]:
     """The phantom for ``seed`` as a CtVolume (the worker's view of its DICOM series) and its true nodules."""
-    from imaging_cds.imaging.volume import assemble_volume
-    from imaging_cds.sample.synthetic_ct import image_position_lps, make_chest_phantom
+    from imaging_cds.sample.synthetic_ct import make_chest_phantom
+    from imaging_cds.sample.synthetic_ct import phantom_volume as as_volume
 
     phantom = make_chest_phantom(seed, n_slices, nodules)
-    spacing = phantom.spacing_mm
-    slices = [
-        _Slice(
-            sop_uid=f"seed{seed}.slice{k}",
-            position_lps_mm=image_position_lps(k, spacing),
-            orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-            pixel_spacing_mm=(spacing[1], spacing[2]),
-            hu=phantom.hu[k],
-        )
-        for k in range(phantom.hu.shape[0])
-    ]
-    volume = assemble_volume(f"synthetic.{seed}", f"synthetic.{seed}.series", slices, 3.0)
+    volume = as_volume(phantom, f"synthetic.{seed}", f"synthetic.{seed}.series", sop_prefix=f"seed{seed}.slice")
     return volume, [n.as_json() for n in phantom.nodules]
 
 

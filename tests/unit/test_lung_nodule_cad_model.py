@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +12,14 @@ import onnxruntime as ort
 import pytest
 
 from imaging_cds.analysis.nodules import detect_nodules
-from imaging_cds.imaging.volume import CtVolume, assemble_volume
+from imaging_cds.imaging.volume import CtVolume
 from imaging_cds.inference.check import check_model
 from imaging_cds.inference.local import LocalOnnxBackend
 from imaging_cds.inference.manifest import load_manifest
-from imaging_cds.sample.synthetic_ct import image_position_lps, make_chest_phantom
+from imaging_cds.sample.synthetic_ct import make_chest_phantom, phantom_volume
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "triton_repo" / "lung-nodule-cad"
-
-
-@dataclass(frozen=True)
-class _Slice:
-    sop_uid: str
-    position_lps_mm: tuple[float, float, float]
-    orientation: tuple[float, float, float, float, float, float]
-    pixel_spacing_mm: tuple[float, float]
-    hu: np.ndarray
 
 
 def test_build_script_reproduces_the_committed_model(tmp_path: Path) -> None:
@@ -73,12 +63,7 @@ def test_output_is_probability_and_diameter_no_larger_than_the_input() -> None:
 
 def _phantom_volume(seed: int, n_slices: int, nodules: int) -> tuple[CtVolume, list[dict[str, object]]]:
     phantom = make_chest_phantom(seed, n_slices, nodules)
-    spacing = phantom.spacing_mm
-    slices = [
-        _Slice(f"sop{k}", image_position_lps(k, spacing), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing[1:], phantom.hu[k])
-        for k in range(n_slices)
-    ]
-    return assemble_volume("1.2.826.0.1.301", "1.2.826.0.1.301.1", slices, 3.0), [n.as_json() for n in phantom.nodules]
+    return phantom_volume(phantom, "1.2.826.0.1.301", "1.2.826.0.1.301.1"), [n.as_json() for n in phantom.nodules]
 
 
 def test_nodules_of_a_short_phantom_are_found_and_sized() -> None:

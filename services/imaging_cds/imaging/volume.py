@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -383,11 +384,17 @@ def assemble_volume(
     return builder.finish(limits)
 
 
-class CtSliceLike:
-    """Structural type of ``imaging.slices.CtSlice`` (kept here to avoid an import cycle)."""
+class CtSliceLike(Protocol):
+    """What ``assemble_volume`` reads of a decoded slice: ``imaging.slices.CtSlice`` (not imported here, to avoid an
+    import cycle) or anything with the same read-only fields."""
 
-    sop_uid: str
-    position_lps_mm: tuple[float, float, float]
-    orientation: tuple[float, float, float, float, float, float]
-    pixel_spacing_mm: tuple[float, float]
-    hu: np.ndarray
+    @property
+    def sop_uid(self) -> str: ...
+    @property
+    def position_lps_mm(self) -> tuple[float, float, float]: ...
+    @property
+    def orientation(self) -> tuple[float, float, float, float, float, float]: ...
+    @property
+    def pixel_spacing_mm(self) -> tuple[float, float]: ...
+    @property
+    def hu(self) -> np.ndarray: ...

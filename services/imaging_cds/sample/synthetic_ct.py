@@ -31,6 +31,9 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
+from imaging_cds.imaging.slices import CtSlice
+from imaging_cds.imaging.volume import CtVolume, assemble_volume
+
 __all__ = [
     "CHEST_LENGTH_MM",
     "GENERATOR_NAME",
@@ -943,3 +946,20 @@ def write_sample_study(
         n_instances=n_slices,
         ground_truth=truth,
     )
+
+
+def phantom_volume(phantom: Phantom, study_uid: str, series_uid: str, sop_prefix: str = "sop") -> CtVolume:
+    """``phantom`` as the worker would assemble its DICOM series (canonical frame, slice ``k`` the instance
+    ``<sop_prefix><k>``), without writing files: for evaluations and tests of volume models."""
+    spacing = phantom.spacing_mm
+    slices = [
+        CtSlice(
+            sop_uid=f"{sop_prefix}{k}",
+            position_lps_mm=image_position_lps(k, spacing),
+            orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+            pixel_spacing_mm=(spacing[1], spacing[2]),
+            hu=phantom.hu[k],
+        )
+        for k in range(phantom.hu.shape[0])
+    ]
+    return assemble_volume(study_uid, series_uid, slices, max(3.0, spacing[0]))
