@@ -69,7 +69,9 @@ class TensorSpec:
 class SlidingWindow:
     """How a resampled volume is cut into model inputs: windows of at most ``size`` voxels (z, y, x), neighbours
     sharing ``overlap`` voxels per axis, of which each window keeps only its own half (the centre crop). Every window
-    of a volume has one shape, a multiple of ``multiple_of`` per axis (edge-padded where the volume is smaller)."""
+    of a volume has one shape; sizes and starts are multiples of ``multiple_of`` per axis (a model that pools by that
+    factor sees the same grid in every window); the volume's end is edge-padded where the last window reaches past
+    it."""
 
     size: tuple[int, int, int]
     overlap: tuple[int, int, int]
