@@ -18,6 +18,7 @@ another ``/dev/shm``) the backend logs why once and sends tensors over gRPC from
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = ("StatusCode.UNAVAILABLE",)
 SHARED_MEMORY_MODES = ("none", "system")
+UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S = 40, 0.05
 T = TypeVar("T")
 
 
@@ -67,6 +69,15 @@ class TritonOptions:
     # "system": input and output tensors through POSIX shared memory registered with Triton (same host only);
     # "none": inside the gRPC messages.
     shared_memory: str = "none"
+
+
+class _Failed(Exception):
+    """The error that ended a request to Triton, after ``attempts`` attempts."""
+
+    def __init__(self, error: InferenceServerException, attempts: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
 
 
 class SharedMemoryError(Exception):
@@ -106,11 +117,20 @@ class SystemSharedMemory:
     """A fixed number of slots (one per request in flight), each a pair of regions that grow to the largest
     request seen; registered with Triton lazily, unregistered and unlinked by :meth:`close`."""
 
-    def __init__(self, client: grpcclient.InferenceServerClient, url: str, slots: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        client: grpcclient.InferenceServerClient,
+        url: str,
+        slots: int,
+        timeout_s: float,
+        retrying: Callable[[Callable[[], object]], object],
+    ) -> None:
         self._client = client
         self._url = url
         self._timeout_s = timeout_s
+        self._retrying = retrying  # the backend's policy for UNAVAILABLE
         self._prefix = f"imaging-cds-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._made = itertools.count()
         self._all = [_Slot(i) for i in range(max(1, slots))]
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for slot in self._all:
@@ -145,7 +165,8 @@ class SystemSharedMemory:
         if region is not None:
             self._release(region)
             del slot.regions[role]
-        region = self._create(f"{self._prefix}-{slot.index}-{role}", max(byte_size, 1))
+        # A new name for every region made: Triton may still hold the old one for a moment.
+        region = self._create(f"{self._prefix}-{slot.index}-{role}-{next(self._made)}", max(byte_size, 1))
         slot.regions[role] = region
         return region
 
@@ -170,14 +191,17 @@ class SystemSharedMemory:
 
     def _register(self, region: _Region) -> None:
         try:
-            self._client.register_system_shared_memory(
-                region.name, region.key, region.byte_size, client_timeout=self._timeout_s
+            self._retrying(
+                lambda: self._client.register_system_shared_memory(
+                    region.name, region.key, region.byte_size, client_timeout=self._timeout_s
+                )
             )
-        except InferenceServerException as err:
+        except _Failed as failed:
+            err = failed.error
             if err.status() in RETRYABLE:
                 raise TransientError(
-                    f"Triton at {self._url} unavailable while registering shared memory ({err.message()}); "
-                    "the job will be retried"
+                    f"Triton at {self._url} unavailable while registering shared memory ({err.message()}) after "
+                    f"{failed.attempts} attempt(s); the job will be retried"
                 ) from err
             raise SharedMemoryError(
                 f"Triton at {self._url} cannot map /dev/shm/{region.name} ({err.status()}: {err.message()}); "
@@ -192,10 +216,17 @@ class SystemSharedMemory:
         slot.stale = False
 
     def _unregister(self, region: _Region) -> None:
-        try:
-            self._client.unregister_system_shared_memory(region.name, client_timeout=self._timeout_s)
-        except InferenceServerException as err:  # already gone (server restarted) or server down: nothing to undo
-            log.debug("Triton at %s: unregistering %s failed: %s", self._url, region.name, err.message())
+        """Unregisters the region; Triton lets go of a request's regions a moment after its answer, so "in use"
+        is waited out briefly. A server that is down or restarted has nothing left to unregister."""
+        for attempt in range(UNREGISTER_ATTEMPTS):
+            try:
+                self._client.unregister_system_shared_memory(region.name, client_timeout=self._timeout_s)
+                return
+            except InferenceServerException as err:
+                if "in use" not in (err.message() or "") or attempt == UNREGISTER_ATTEMPTS - 1:
+                    log.debug("Triton at %s: unregistering %s failed: %s", self._url, region.name, err.message())
+                    return
+                time.sleep(UNREGISTER_WAIT_S)
 
     def _release(self, region: _Region) -> None:
         self._unregister(region)
@@ -227,7 +258,7 @@ class TritonBackend:
         # still holds them: another thread may be using its slot).
         self._shm: SystemSharedMemory | None = None
         if o.shared_memory == "system":
-            self._shm = SystemSharedMemory(self._client, url, slots, o.timeout_s)
+            self._shm = SystemSharedMemory(self._client, url, slots, o.timeout_s, self._retrying)
         self._shm_to_close = self._shm
         self._fallback_lock = threading.Lock()
         # Output bytes per batch item, per (model, version, input item shape, dtype): sizes the output regions.
@@ -272,7 +303,7 @@ class TritonBackend:
     def _infer_one(self, model: ModelManifest, batch: np.ndarray, priority: int) -> np.ndarray:
         with self._in_flight:
             shm = self._shm
-            if shm is not None and batch.dtype != np.object_:
+            if shm is not None and "BYTES" not in (model.input.datatype, model.output.datatype):  # fixed-size only
                 try:
                     return self._infer_shared(shm, model, batch, priority)
                 except SharedMemoryError as err:
@@ -351,25 +382,33 @@ class TritonBackend:
         return result
 
     def _call(self, model: ModelManifest, request: Callable[[], T], slot: _Slot | None = None) -> T:
-        """``request()``, retried on UNAVAILABLE with bounded exponential backoff; other errors at once. With a
+        """``request()`` with :meth:`_retrying`; a failure becomes a :class:`TransientError` for the job. With a
         ``slot``, an error about shared memory (Triton restarted and forgot the regions, an output larger than
         its region) becomes a :class:`SharedMemoryError`: the request goes again over gRPC and the slot's regions
         are registered again before their next use."""
+        try:
+            return self._retrying(request)
+        except _Failed as failed:
+            err = failed.error
+            if slot is not None and "shared memory" in (err.message() or "").lower():
+                slot.stale = True
+                raise SharedMemoryError(
+                    f"request with shared memory failed ({err.status()}: {err.message()})", fatal=False
+                ) from err
+            raise TransientError(
+                f"Triton at {self.url}: model {model.triton_model} v{model.triton_version} failed "
+                f"({err.status()}: {err.message()}) after {failed.attempts} attempt(s); the job will be retried"
+            ) from err
+
+    def _retrying(self, request: Callable[[], T]) -> T:
+        """``request()``, retried on UNAVAILABLE with bounded exponential backoff; other errors at once."""
         o = self.options
         for attempt in range(o.retries + 1):
             try:
                 return request()
             except InferenceServerException as err:
-                if slot is not None and "shared memory" in (err.message() or "").lower():
-                    slot.stale = True
-                    raise SharedMemoryError(
-                        f"request with shared memory failed ({err.status()}: {err.message()})", fatal=False
-                    ) from err
                 if err.status() not in RETRYABLE or attempt == o.retries:
-                    raise TransientError(
-                        f"Triton at {self.url}: model {model.triton_model} v{model.triton_version} failed "
-                        f"({err.status()}: {err.message()}) after {attempt + 1} attempt(s); the job will be retried"
-                    ) from err
+                    raise _Failed(err, attempt + 1) from err
                 wait = min(o.backoff_cap_s, o.backoff_s * 2**attempt)
                 log.warning(
                     "Triton at %s unavailable; retry %d of %d in %.2f s", self.url, attempt + 1, o.retries, wait

@@ -12,8 +12,12 @@ The PyPI Triton build (nvidia-pytriton 0.7.0, tritonserver 2.51) has only the Py
   onnxruntime run and the outputs are split back (requests may carry different batch sizes). Requests that
   cannot be joined (different non-batch dims or different sets of inputs) run in separate groups;
 - threads: config `parameters { key: "intra_op_thread_count" value: { string_value: "N" } }` (and
-  `inter_op_thread_count`) as for the native backend; default intra-op threads = the CPUs this process may use,
-  as onnxruntime's own default (and the worker's in-process LocalOnnxBackend) picks;
+  `inter_op_thread_count`) as for the native backend; default intra-op threads = the CPUs this process may use
+  (onnxruntime's own default, which the worker's in-process LocalOnnxBackend keeps) divided among the model's
+  CPU instances (`instance_group` counts), so that several instances do not oversubscribe the cores. (On the
+  2-core test machine `count: 2` with one thread each overlaps one instance's tensor copies, which Triton and this
+  stub make one core at a time, with the other's compute; it held up better than `count: 1` with two threads while
+  other processes took cores, and was no faster on idle cores.)
 - spinning: onnxruntime's intra-op threads busy-wait for work by default. Inside Triton they would take the cores
   that Triton's gRPC threads and this stub need to move the next request's tensors (on the 2-core test machine
   that cost about a quarter more CPU per volume), so they sleep instead unless the config sets
@@ -120,12 +124,18 @@ class TritonPythonModel:
 
     def _session_options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(_param(self.config, "intra_op_thread_count") or _usable_cpus())
+        threads = _param(self.config, "intra_op_thread_count")
+        opts.intra_op_num_threads = int(threads) if threads else max(1, _usable_cpus() // self._instances())
         opts.inter_op_num_threads = int(_param(self.config, "inter_op_thread_count") or 1)
         spinning = (_param(self.config, "allow_spinning") or "0").strip()
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning == "1" else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return opts
+
+    def _instances(self) -> int:
+        """CPU instances of this model (each its own stub process, running at the same time)."""
+        groups = self.config.get("instance_group") or [{}]
+        return max(1, sum(int(g.get("count") or 1) for g in groups if g.get("kind", "KIND_CPU") == "KIND_CPU"))
 
     def _requested(self, request: Any) -> list[str]:
         try:
