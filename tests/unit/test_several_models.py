@@ -116,3 +116,17 @@ def test_classification_findings_follow_the_manifest(repository: Path) -> None:
 def test_an_output_that_is_not_one_probability_per_slice_is_refused(repository: Path, output: np.ndarray) -> None:
     with pytest.raises(ModelConfigurationError, match=TOY_MODEL):
         classification_findings(load_manifest(repository / TOY_MODEL), toy_volume(4), output)
+
+
+def test_an_image_no_model_can_read_ends_every_model_as_not_analysable(repository: Path, tmp_path: Path) -> None:
+    """Broken DICOM in the series: each model gets the reason (the worker charts a cancelled report for each), no
+    exception escapes to lose the study."""
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM" * 100)
+    models = [load_manifest(repository / "lung-density"), load_manifest(repository / TOY_MODEL)]
+    runs = analyze_series_with("1.2.3", "1.2.3.4", FileStream("1.2.3", [broken]), models, LocalOnnxBackend(),
+                               StageTimer())  # fmt: skip
+    assert [r.model for r in runs] == models
+    for run in runs:
+        assert run.analysis is None and run.not_analysable is not None
+        assert "1.2.3" in str(run.not_analysable) and "expected CT" in run.not_analysable.reason

@@ -93,7 +93,10 @@ def analyze_series_with(
     """
     served = {m.name: backend.served_version(m) for m in models}
     slice_models = [m for m in models if m.preprocessing is None]
-    streamed = _stream(study_uid, series_uid, instances, slice_models, backend, timer, slab)
+    try:
+        streamed = _stream(study_uid, series_uid, instances, slice_models, backend, timer, slab)
+    except NotAnalyzableError as err:  # an image that is not a usable CT: no model can read the series
+        return [ModelRun(m, not_analysable=err) for m in models]
     try:
         verdicts = {m.name: streamed.builder.check(m.selection.quality) for m in models}
     except NotAnalyzableError as err:  # no image at all
