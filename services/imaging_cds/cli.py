@@ -20,7 +20,7 @@ from imaging_cds.analysis.radiomics import cli as radiomics_cli
 from imaging_cds.config import Settings
 from imaging_cds.deid import cli as deid_cli
 from imaging_cds.errors import NotAnalyzableError
-from imaging_cds.inference.manifest import ManifestError, ModelManifest, load_manifest, load_manifests
+from imaging_cds.inference.manifest import ManifestError, ModelManifest, load_manifests
 from imaging_cds.jobs.model import Job, JobState
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_ANALYSABLE = 0, 1, 2
@@ -114,6 +114,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if not args.study_dir.is_dir():
         print(f"error: {args.study_dir} is not a folder", file=sys.stderr)
         return EXIT_ERROR
+    from imaging_cds.models import runnable_models
+
     models = runnable_models(_model_repository(args), args.model or [])
     result = analyze_folder(
         args.study_dir,
@@ -178,10 +180,11 @@ def _worker(args: argparse.Namespace) -> int:
     from imaging_cds.inference.triton import TritonBackend
     from imaging_cds.jobs.queue import queue_from_settings
     from imaging_cds.metrics import serve_worker_metrics
+    from imaging_cds.models import configured_models
     from imaging_cds.worker.service import Worker
 
     settings = Settings.from_env()
-    models = worker_models(settings, args.model)
+    models = configured_models(settings, args.model)
     logging.getLogger("imaging_cds.worker").info("models: %s", ", ".join(f"{m.name} {m.version}" for m in models))
     serve_worker_metrics(settings.metrics_host, settings.metrics_port)
     stop = threading.Event()
@@ -198,26 +201,6 @@ def _worker(args: argparse.Namespace) -> int:
         finally:
             backend.close()
     return EXIT_OK
-
-
-def worker_models(settings: Settings, names: list[str] | None) -> list[ModelManifest]:
-    """The models a worker runs: ``names`` (``--model``), else IMAGING_CDS_MODELS, else every model folder."""
-    wanted = names or [n.strip() for n in settings.models.split(",") if n.strip()]
-    return runnable_models(settings.model_repository, wanted)
-
-
-def runnable_models(repository: Path, names: list[str]) -> list[ModelManifest]:
-    """The named models of ``repository`` (none named: all of them), each one the worker can chart; a ManifestError
-    naming every problem otherwise, so nothing starts only to fail every study."""
-    from imaging_cds.analysis.findings import post_processing_problem
-
-    models = [load_manifest(repository / name) for name in names] if names else load_manifests(repository)
-    if not models:
-        raise ManifestError(f"{repository}: no model folders (each needs manifest.yaml)")
-    problems = [p for p in map(post_processing_problem, models) if p is not None]
-    if problems:  # `imaging-cds models check` says the same
-        raise ManifestError("; ".join(problems))
-    return models
 
 
 def _jobs(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaging_cds.cli import worker_models
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.errors import TransientError
@@ -23,6 +22,7 @@ from imaging_cds.inference.local import LocalOnnxBackend
 from imaging_cds.inference.manifest import load_manifest
 from imaging_cds.inference.triton import TritonBackend
 from imaging_cds.jobs.queue import queue_from_settings
+from imaging_cds.models import configured_models
 from imaging_cds.sample.synthetic_ct import make_chest_ct, write_sample_study
 from imaging_cds.worker.service import Worker
 from tests.conftest import SANDBOX, service_env
@@ -119,7 +119,7 @@ def test_the_added_model_charts_a_study_end_to_end_with_no_code_change(
         IMAGING_CDS_MODELS=TOY_MODEL,
     )
     settings = Settings.from_env(env)
-    models = worker_models(settings, None)  # what `imaging-cds worker` runs with these settings
+    models = configured_models(settings, None)  # what `imaging-cds worker` runs with these settings
     assert [m.name for m in models] == [TOY_MODEL]
     sample = write_sample_study(tmp_path, seed=4, n_slices=64)  # 4.3 mm apart: within the toy manifest's 5 mm
     model = models[0]

@@ -106,9 +106,9 @@ def test_malformed_manifest_fails_the_check_with_a_non_zero_exit(
 def test_a_model_the_worker_could_not_chart_is_named_and_the_worker_refuses_to_start(repository: Path) -> None:
     """Without a classification section (what its output means) nothing in imaging-cds knows how to chart the toy
     model: `models check` says so, and a worker configured with it refuses to start instead of failing every job."""
-    from imaging_cds.cli import worker_models
     from imaging_cds.config import Settings
     from imaging_cds.inference.manifest import ManifestError
+    from imaging_cds.models import configured_models
 
     manifest = repository / TOY_MODEL / "manifest.yaml"
     text = manifest.read_text()
@@ -117,8 +117,8 @@ def test_a_model_the_worker_could_not_chart_is_named_and_the_worker_refuses_to_s
     assert str(manifest) in problem and "no post-processing" in problem
     settings = Settings.from_env({"IMAGING_CDS_MODEL_REPOSITORY": str(repository), "IMAGING_CDS_MODELS": TOY_MODEL})
     with pytest.raises(ManifestError, match="classification section"):
-        worker_models(settings, None)
-    assert [m.name for m in worker_models(settings, ["lung-density"])] == ["lung-density"]
+        configured_models(settings, None)
+    assert [m.name for m in configured_models(settings, ["lung-density"])] == ["lung-density"]
 
 
 def test_a_classification_section_that_makes_no_sense_is_refused(repository: Path) -> None:

@@ -15,11 +15,11 @@ from imaging_cds.fhir.client import FhirClient
 from imaging_cds.fhir.subscription import SubscriptionKeeper, SubscriptionSpec
 from imaging_cds.gateway.grpc_api import create_grpc_server
 from imaging_cds.gateway.http_app import OrderLookup, create_app
-from imaging_cds.inference.manifest import load_manifests
 from imaging_cds.intake.events import EventCounter
 from imaging_cds.intake.reconciler import Reconciler
 from imaging_cds.jobs.queue import BatchingSubmitter, queue_from_settings
 from imaging_cds.metrics import register_queue
+from imaging_cds.models import configured_models
 
 log = logging.getLogger("imaging_cds.gateway")
 
@@ -48,7 +48,7 @@ def run_gateway(settings: Settings) -> None:
     if settings.grpc_tls_cert_file:
         tls = (Path(settings.grpc_tls_cert_file).read_bytes(), Path(settings.grpc_tls_key_file).read_bytes())
     grpc_server, grpc_port = create_grpc_server(
-        queue, f"{settings.grpc_host}:{settings.grpc_port}", stop, load_manifests(settings.model_repository), tls
+        queue, f"{settings.grpc_host}:{settings.grpc_port}", stop, configured_models(settings), tls
     )
     grpc_server.start()
     log.info(
