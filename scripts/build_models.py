@@ -93,13 +93,20 @@ def lung_density_graph() -> onnx.ModelProto:
         initializer=initializers,
         doc_string="Lung candidates: air-like voxels (< -400 HU after 3x3 in-plane smoothing). Not for clinical use.",
     )
+    return finished_model(
+        graph, "imaging-cds lung-density: classical threshold segmentation as an ONNX graph (no trained weights)."
+    )
+
+
+def finished_model(graph: onnx.GraphProto, doc_string: str) -> onnx.ModelProto:
+    """``graph`` as a model with our fixed producer, opset and IR version (no timestamps), checked in full."""
     model = helper.make_model(
         graph,
         producer_name=PRODUCER_NAME,
         producer_version=PRODUCER_VERSION,
         opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
-        doc_string="imaging-cds lung-density: classical threshold segmentation as an ONNX graph (no trained weights).",
+        doc_string=doc_string,
     )
     model.model_version = 1
     onnx.checker.check_model(model, full_check=True)
@@ -399,17 +406,9 @@ def lung_nodule_cad_graph() -> onnx.ModelProto:
             "(-largest eigenvalue, scale-normalised), probability x250 and diameter in 0.25 mm. Not for clinical use."
         ),
     )
-    model = helper.make_model(
-        graph,
-        producer_name=PRODUCER_NAME,
-        producer_version=PRODUCER_VERSION,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
-        doc_string="imaging-cds lung-nodule-cad: constructed multi-scale blob detector (no trained weights).",
+    return finished_model(
+        graph, "imaging-cds lung-nodule-cad: constructed multi-scale blob detector (no trained weights)."
     )
-    model.model_version = 1
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def triton_config(name: str, max_batch: int, input_dims: str, output: str, output_dims: str) -> str:
