@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +30,7 @@ from imaging_cds.inference.triton import TritonBackend  # noqa: E402
 from imaging_cds.jobs.queue import queue_from_settings  # noqa: E402
 from imaging_cds.sample.synthetic_ct import write_sample_study  # noqa: E402
 from imaging_cds.worker.service import Worker  # noqa: E402
-from tests.services import create_study_in_ehr, store_folder  # noqa: E402
-
-SANDBOX = REPO / "scripts" / "sandbox"
+from tests.services import SandboxError, create_study_in_ehr, sandbox, store_folder  # noqa: E402
 
 
 def main() -> int:
@@ -42,21 +39,13 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=220)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-") as tmp:
-        state = Path(tmp) / "sandbox"
-        up = subprocess.run(
-            [sys.executable, str(SANDBOX), "up", "--state-dir", str(state), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if up.returncode != 0:
-            print(up.stderr, file=sys.stderr)
-            return 1
         try:
-            env = json.loads(up.stdout.strip().splitlines()[-1])
-            return run(Settings.from_env({k: str(v) for k, v in env.items()}), Path(tmp), args.runs, args.slices)
-        finally:
-            subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], check=False)
+            with sandbox(Path(tmp) / "sandbox") as env:
+                settings = Settings.from_env({k: str(v) for k, v in env.items()})
+                return run(settings, Path(tmp), args.runs, args.slices)
+        except SandboxError as err:
+            print(err, file=sys.stderr)
+            return 1
 
 
 def run(settings: Settings, tmp: Path, runs: int, slices: int) -> int:

@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,9 +47,8 @@ from imaging_cds.inference.local import LocalOnnxBackend  # noqa: E402
 from imaging_cds.inference.manifest import ModelManifest, load_manifests  # noqa: E402
 from imaging_cds.inference.triton import TritonBackend, TritonOptions  # noqa: E402
 from imaging_cds.sample.synthetic_ct import make_chest_ct  # noqa: E402
+from tests.services import SandboxError, sandbox  # noqa: E402
 
-SANDBOX = REPO / "scripts" / "sandbox"
-SANDBOX_UP = [sys.executable, str(SANDBOX), "up", "--only", "triton"]
 GOAL = 0.8
 TRANSPORTS = ("grpc", "system-shared-memory")
 _NUMPY = {"INT16": np.int16, "UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT32": np.int32}
@@ -92,23 +90,15 @@ def main() -> int:
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-inference-") as tmp:
-        state = Path(tmp) / "sandbox"
-        up = subprocess.run(
-            [*SANDBOX_UP, "--state-dir", str(state), "--json", "--model-repository", str(args.model_repository)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if up.returncode != 0:
-            print(up.stderr, file=sys.stderr)
-            return 1
+        options = ("--only", "triton", "--model-repository", str(args.model_repository))
         try:
-            info = json.loads(up.stdout.strip().splitlines()[-1])
-            server = TritonProcesses(int(info["pids"]["triton"]))
-            url = info["IMAGING_CDS_TRITON_GRPC_URL"]
-            report = run(url, server, args.model_repository, args.slices, args.repeats, args.seed)
-        finally:
-            subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], check=False)
+            with sandbox(Path(tmp) / "sandbox", *options) as info:
+                server = TritonProcesses(int(info["pids"]["triton"]))
+                url = info["IMAGING_CDS_TRITON_GRPC_URL"]
+                report = run(url, server, args.model_repository, args.slices, args.repeats, args.seed)
+        except SandboxError as err:
+            print(err, file=sys.stderr)
+            return 1
     print(json.dumps(report, indent=2))
     return 0
 

@@ -60,8 +60,8 @@ from imaging_cds.imaging.decode import SeriesDecoder, shared_pool  # noqa: E402
 from imaging_cds.imaging.files import FileStream  # noqa: E402
 from imaging_cds.imaging.quality import QualityLimits  # noqa: E402
 from imaging_cds.imaging.volume import VolumeBuilder  # noqa: E402
+from tests.services import SandboxError, sandbox  # noqa: E402
 
-SANDBOX = REPO / "scripts" / "sandbox"
 BASELINE_PLUGIN = "pylibjpeg"
 LIMITS = QualityLimits(min_slices=100, max_slice_spacing_mm=3.0)
 
@@ -81,21 +81,12 @@ def main() -> int:
     if args.memory_child:
         return _memory_child(*args.memory_child)
     with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-retrieve-") as tmp:
-        state = Path(tmp) / "sandbox"
-        up = subprocess.run(
-            [sys.executable, str(SANDBOX), "up", "--only", "orthanc", "--state-dir", str(state), "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if up.returncode != 0:
-            print(up.stderr, file=sys.stderr)
-            return 1
         try:
-            env = json.loads(up.stdout.strip().splitlines()[-1])
-            return run(env, Path(tmp), args)
-        finally:
-            subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], check=False)
+            with sandbox(Path(tmp) / "sandbox", "--only", "orthanc") as env:
+                return run(env, Path(tmp), args)
+        except SandboxError as err:
+            print(err, file=sys.stderr)
+            return 1
 
 
 def run(env: dict[str, Any], tmp: Path, args: argparse.Namespace) -> int:

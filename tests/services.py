@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -37,6 +38,31 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, 
             return value
         time.sleep(every_s)
     raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+SANDBOX = Path(__file__).resolve().parents[1] / "scripts" / "sandbox"
+
+
+class SandboxError(RuntimeError):
+    """`scripts/sandbox up` failed; the message is its stderr."""
+
+
+@contextmanager
+def sandbox(state_dir: Path, *options: str) -> Iterator[dict[str, Any]]:
+    """`scripts/sandbox up --json` with ``options`` (e.g. ``--only triton``) under ``state_dir``: yields what it
+    printed (the ``IMAGING_CDS_*`` settings and the PIDs), and stops every service it started, by PID, at exit."""
+    up = subprocess.run(
+        [sys.executable, str(SANDBOX), "up", "--state-dir", str(state_dir), "--json", *options],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        if up.returncode != 0:
+            raise SandboxError(up.stderr)
+        yield json.loads(up.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state_dir)], check=False)
 
 
 @contextmanager
