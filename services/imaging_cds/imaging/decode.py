@@ -323,10 +323,6 @@ class SeriesDecoder:
                 orientation=geometry.orientation,
                 pixel_spacing_mm=geometry.pixel_spacing_mm,
                 gantry_tilt_deg=header.gantry_tilt_deg,
-                padded=0,
-                clipped_high=0,
-                air=0,
-                sampled=0,
             ),
         )
 

@@ -71,10 +71,11 @@ class SliceFacts:
     orientation: tuple[float, float, float, float, float, float]
     pixel_spacing_mm: tuple[float, float]
     gantry_tilt_deg: float
-    padded: int  # pixels that were padding, set to -1024 HU
-    clipped_high: int  # pixels above +3071 HU, clipped
-    air: int  # sampled pixels (every 4th row and column) at or below AIR_HU, padding excluded
-    sampled: int  # pixels sampled for ``air``
+    # Pixel counts, filled in by VolumeBuilder.put as it stores the pixels (a decoder hands over zeros):
+    padded: int = 0  # pixels that were padding, set to -1024 HU
+    clipped_high: int = 0  # pixels above +3071 HU, clipped
+    air: int = 0  # sampled pixels (every 4th row and column) at or below AIR_HU, padding excluded
+    sampled: int = 0  # pixels sampled for ``air``
 
 
 @dataclass(frozen=True)

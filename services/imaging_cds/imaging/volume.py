@@ -375,10 +375,6 @@ def assemble_volume(
                 orientation=s.orientation,
                 pixel_spacing_mm=s.pixel_spacing_mm,
                 gantry_tilt_deg=0.0,
-                padded=0,
-                clipped_high=0,
-                air=0,
-                sampled=0,
             ),
         )
     return builder.finish(limits)
