@@ -82,7 +82,8 @@ def test_triton_config_declares_the_same_contract() -> None:
         'name: "lung_candidate"',
         "data_type: TYPE_UINT8",
         "dims: [ -1, -1 ]",
-        "max_queue_delay_microseconds: 2000",
+        "dynamic_batching {",
+        "priority_levels: 2",
         "kind: KIND_CPU",
         "latest: { num_versions: 1 }",
     ):

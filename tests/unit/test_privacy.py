@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.grpc._utils import _get_inference_request
+from tritonclient.grpc import service_pb2
 
 from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
 from imaging_cds.imaging.slices import decode_ct_slice
 from imaging_cds.inference.manifest import load_manifest
+from imaging_cds.inference.triton_wire import InputTensor, OutputTensor, encode_request, infer_request
 from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 
 
@@ -44,27 +44,16 @@ def test_an_inference_request_carries_pixels_and_model_names_only(sample: Sample
     files = sorted(sample.study_dir.rglob("*.dcm"))[:8]
     slices = [decode_ct_slice(pydicom.dcmread(p), sample.study_instance_uid) for p in files]
     batch = np.stack([s.hu for s in slices])
-    request_input = grpcclient.InferInput(model.input.name, list(batch.shape), model.input.datatype)
-    request_input.set_data_from_numpy(batch)
-    request = _get_inference_request(
-        model_name=model.triton_model,
-        inputs=[request_input],
-        model_version=model.triton_version,
-        request_id="",
-        outputs=[grpcclient.InferRequestedOutput(model.output.name)],
-        sequence_id=0,
-        sequence_start=False,
-        sequence_end=False,
-        priority=0,
-        timeout=None,
-        parameters=None,
-    )
+    given = InputTensor(model.input.name, model.input.datatype, batch.shape, data=batch)
+    wanted = OutputTensor(model.output.name)
+    wire = encode_request(infer_request(model.triton_model, model.triton_version, [given], [wanted]))
+    request = service_pb2.ModelInferRequest.FromString(wire)  # what TritonBackend sends, as Triton reads it
     assert request.raw_input_contents[0] == batch.tobytes()  # exactly the pixels, nothing appended
     del request.raw_input_contents[:]
     metadata = str(request)
     for marker in (*PHI_MARKERS, sample.study_instance_uid, sample.series_instance_uid):
         assert marker not in metadata
-    assert set(metadata.split()) <= request_tokens(batch.shape) | {"id:", '""'}
+    assert set(metadata.split()) <= request_tokens(batch.shape)
 
 
 def test_analyze_output_and_bundle_carry_no_patient_identity(sample: SampleStudy, tmp_path: Path) -> None:
@@ -89,7 +78,6 @@ class _RecordingTriton:
         from concurrent import futures
 
         import grpc
-        from tritonclient.grpc import service_pb2
 
         self.received: list[bytes] = []
         self._pb = service_pb2
@@ -171,7 +159,6 @@ def test_the_bytes_sent_to_triton_are_pixels_and_tensor_names_only(sample: Sampl
     for raw in triton.received:
         for marker in identity:  # as text, and as UTF-16 as some encoders write it
             assert marker.encode() not in raw and marker.encode("utf-16-le") not in raw
-        from tritonclient.grpc import service_pb2
 
         request = service_pb2.ModelInferRequest.FromString(raw) if b"ct_hu" in raw else None
         if request is None:
@@ -221,7 +208,6 @@ def test_the_windows_a_volume_model_is_sent_are_pixels_and_tensor_names_only(sam
     for ds in headers:
         identity += [str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)]
         identity += [str(ds.get(k, "")) for k in ("AccessionNumber", "StudyDate", "StudyTime") if ds.get(k)]
-    from tritonclient.grpc import service_pb2
 
     windows = 0
     for raw in triton.received:

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as system_shm
@@ -40,10 +41,20 @@ from imaging_cds.config import Settings
 from imaging_cds.errors import TransientError
 from imaging_cds.inference.backend import ROUTINE_PRIORITY, split_batch
 from imaging_cds.inference.manifest import ModelManifest
+from imaging_cds.inference.triton_wire import (
+    InferAnswer,
+    InferRequest,
+    InputTensor,
+    OutputTensor,
+    decode_response,
+    encode_request,
+    infer_request,
+)
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = ("StatusCode.UNAVAILABLE",)
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 SHARED_MEMORY_MODES = ("none", "system")
 UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S = 40, 0.05
 T = TypeVar("T")
@@ -233,6 +244,34 @@ class SystemSharedMemory:
         _destroy(region)
 
 
+class _Gathered:
+    """The outputs of one batch's requests, put together along axis 0 as they arrive from the pool's threads."""
+
+    def __init__(self, items: int) -> None:
+        self._items = items
+        self._lock = threading.Lock()
+        self._array: np.ndarray | None = None
+
+    def put(self, start: int, items: int, part: np.ndarray) -> None:
+        """``part``: the output of the request whose ``items`` batch items begin at ``start``."""
+        if part.ndim == 0 or len(part) != items:
+            raise RuntimeError(f"Triton answered {items} batch items with an output of shape {list(part.shape)}")
+        with self._lock:
+            if self._array is None:
+                self._array = np.empty((self._items, *part.shape[1:]), dtype=part.dtype)
+            array = self._array
+        if array.shape[1:] != part.shape[1:] or array.dtype != part.dtype:
+            raise RuntimeError(
+                f"Triton answered one request of a batch with {part.dtype}{list(part.shape)}, another with "
+                f"{array.dtype}{list(array.shape[1:])} per item"
+            )
+        array[start : start + len(part)] = part
+
+    def result(self) -> np.ndarray:
+        assert self._array is not None, "no request of the batch was answered"
+        return self._array
+
+
 class TritonBackend:
     """One gRPC channel to one Triton server, shared by the worker's threads."""
 
@@ -250,6 +289,14 @@ class TritonBackend:
             root_certificates=o.tls_ca_file or None,
             private_key=o.tls_key_file or None,
             certificate_chain=o.tls_cert_file or None,
+        )
+        # ModelInfer goes through this stub on the client's own channel (the one channel every thread shares),
+        # with triton_wire's serializers in place of protobuf's (tritonclient is pinned: _channel is its channel).
+        self._infer_call = self._client._channel.unary_unary(
+            MODEL_INFER,
+            request_serializer=encode_request,
+            response_deserializer=decode_response,
+            _registered_method=True,
         )
         slots = max(1, o.max_in_flight)
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="triton")
@@ -292,8 +339,11 @@ class TritonBackend:
         chunks = split_batch(batch, self.items_per_request(model, batch))
         if len(chunks) == 1:
             return self._infer_one(model, chunks[0], priority)
-        outputs = list(self._pool.map(lambda c: self._infer_one(model, c, priority), chunks))
-        return np.concatenate(outputs)
+        gathered = _Gathered(len(batch))
+        starts = itertools.accumulate((len(c) for c in chunks[:-1]), initial=0)
+        # Each answer is copied into place as it arrives, while the other requests are still at Triton.
+        list(self._pool.map(lambda s, c: gathered.put(s, len(c), self._infer_one(model, c, priority)), starts, chunks))
+        return gathered.result()
 
     def items_per_request(self, model: ModelManifest, batch: np.ndarray) -> int:
         """Batch items per request: about ``request_bytes`` of input, at least 1, at most max_batch_size."""
@@ -311,10 +361,11 @@ class TritonBackend:
             return self._infer_grpc(model, batch, priority)
 
     def _infer_grpc(self, model: ModelManifest, batch: np.ndarray, priority: int) -> np.ndarray:
-        request = grpcclient.InferInput(model.input.name, list(batch.shape), model.input.datatype)
-        request.set_data_from_numpy(batch)
-        wanted = grpcclient.InferRequestedOutput(model.output.name)
-        return self._output_of(model, batch, self._request(model, request, wanted, priority))
+        given = InputTensor(model.input.name, model.input.datatype, batch.shape, data=batch)
+        request = infer_request(
+            model.triton_model, model.triton_version, [given], [OutputTensor(model.output.name)], priority
+        )
+        return self._output_of(model, batch, self._request(model, request))
 
     def _infer_shared(
         self, shm: SystemSharedMemory, model: ModelManifest, batch: np.ndarray, priority: int
@@ -323,21 +374,25 @@ class TritonBackend:
         item is not known yet (the first request of a model and input shape)."""
         item_bytes = self._output_item_bytes.get(_item_key(model, batch))
         with shm.slot() as slot:
-            request = grpcclient.InferInput(model.input.name, list(batch.shape), model.input.datatype)
-            request.set_shared_memory(shm.write_input(slot, batch).name, batch.nbytes)
-            wanted = grpcclient.InferRequestedOutput(model.output.name)
+            region = shm.write_input(slot, batch)
+            given = InputTensor(
+                model.input.name, model.input.datatype, batch.shape, shared_memory=(region.name, batch.nbytes)
+            )
             if item_bytes is None:
-                return self._output_of(model, batch, self._request(model, request, wanted, priority, slot))
+                wanted = OutputTensor(model.output.name)
+                request = infer_request(model.triton_model, model.triton_version, [given], [wanted], priority)
+                return self._output_of(model, batch, self._request(model, request, slot))
             output_bytes = item_bytes * len(batch)
-            wanted.set_shared_memory(shm.region(slot, "output", output_bytes).name, output_bytes)
-            tensor = self._request(model, request, wanted, priority, slot).get_output(model.output.name)
+            wanted = OutputTensor(model.output.name, (shm.region(slot, "output", output_bytes).name, output_bytes))
+            request = infer_request(model.triton_model, model.triton_version, [given], [wanted], priority)
+            tensor = self._request(model, request, slot).output(model.output.name)
             if tensor is None:
                 raise RuntimeError(f"Triton returned no {model.output.name!r} for {model.triton_model}")
-            return shm.read_output(slot, tensor.datatype, list(tensor.shape))
+            return shm.read_output(slot, tensor.datatype, [int(d) for d in tensor.shape])
 
-    def _output_of(self, model: ModelManifest, batch: np.ndarray, result: grpcclient.InferResult) -> np.ndarray:
+    def _output_of(self, model: ModelManifest, batch: np.ndarray, answer: InferAnswer) -> np.ndarray:
         """The output carried in the gRPC answer; remembers its size per item for the shared-memory path."""
-        output: np.ndarray | None = result.as_numpy(model.output.name)
+        output = answer.as_numpy(model.output.name)
         if output is None:
             raise RuntimeError(f"Triton returned no {model.output.name!r} for {model.triton_model}")
         self._output_item_bytes[_item_key(model, batch)] = output.nbytes // max(1, len(batch))
@@ -352,34 +407,28 @@ class TritonBackend:
         if first:
             log.warning("Triton at %s: %s; tensors go over gRPC from now on", self.url, err)
 
-    def _request(
-        self,
-        model: ModelManifest,
-        request: grpcclient.InferInput,
-        wanted: grpcclient.InferRequestedOutput,
-        priority: int,
-        slot: _Slot | None = None,
-    ) -> grpcclient.InferResult:
+    def _request(self, model: ModelManifest, request: InferRequest, slot: _Slot | None = None) -> InferAnswer:
         """One inference request for the pinned version; ``slot``: its tensors are in that slot's regions."""
-        result = self._call(
-            model,
-            lambda: self._client.infer(
-                model.triton_model,
-                [request],
-                model_version=model.triton_version,
-                outputs=[wanted],
-                priority=priority,
-                client_timeout=self.options.timeout_s,
-            ),
-            slot,
-        )
-        answered = result.get_response().model_version
+        answer = self._call(model, lambda: self._model_infer(request), slot)
+        answered = answer.model_version
         if answered and answered != model.triton_version:
             raise TransientError(
                 f"Triton at {self.url}: model {model.triton_model} answered as version {answered}, the manifest "
                 f"pins {model.triton_version}; the job will be retried (deploy the pinned version)"
             )
-        return result
+        return answer
+
+    def _model_infer(self, request: InferRequest) -> InferAnswer:
+        """``ModelInfer`` on the shared channel, its tensors outside protobuf (``triton_wire``); gRPC errors
+        become tritonclient's InferenceServerException, as from the client's own calls (an answer that does not
+        parse is gRPC's INTERNAL error)."""
+        try:
+            answer: InferAnswer = self._infer_call(request, timeout=self.options.timeout_s)
+        except grpc.RpcError as err:
+            raise InferenceServerException(
+                msg=err.details(), status=str(err.code()), debug_details=err.debug_error_string()
+            ) from None
+        return answer
 
     def _call(self, model: ModelManifest, request: Callable[[], T], slot: _Slot | None = None) -> T:
         """``request()`` with :meth:`_retrying`; a failure becomes a :class:`TransientError` for the job. With a
