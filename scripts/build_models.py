@@ -460,8 +460,9 @@ instance_group [
 
 # lung-density is light (a 3x3 convolution and a threshold per voxel) and its requests are whole slabs of slices
 # (TritonBackend sends about 8 MiB each): two single-threaded instances each run a slab while the next one arrives,
-# and a slab needs no wait for company (bench/inference.py: the gRPC ratio rose from about 0.72 to 0.76 on the
-# 2-core test machine, and onnxruntime is about a third more efficient on one thread than on two).
+# and a slab needs no wait for company. On the 2-core test machine onnxruntime needs about a quarter less CPU for it
+# on one thread than on two, and bench/inference.py's gRPC ratio rose from about 0.72 (one instance, two threads,
+# 2 ms batching delay) to 0.76-0.80.
 LUNG_DENSITY_CONFIG = triton_config(
     LUNG_DENSITY_MODEL, MAX_BATCH_SIZE, "-1, -1", "lung_candidate", "-1, -1", instances=2, queue_delay_us=0
 )

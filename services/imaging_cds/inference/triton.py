@@ -8,11 +8,14 @@ answers. A batch goes as requests of about ``request_bytes`` (never more than th
 at most ``max_in_flight`` of them outstanding per process, so Triton's dynamic batcher is kept busy without an
 unbounded client-side queue.
 
-Tensors travel inside the gRPC messages unless ``shared_memory="system"``: then each request's input and output
-go through POSIX shared memory (``/dev/shm``) registered with Triton, and only the request's metadata goes over
-gRPC. That needs Triton on the same host (in Kubernetes: a sidecar in the worker's pod sharing an in-memory
-``/dev/shm``). It saves the protobuf copies and the loopback transfer of every tensor: on the 2-core test machine
-that is most of Triton's overhead (``bench/inference.py``). When the server cannot open the regions (another host,
+Tensors travel inside the gRPC messages unless ``shared_memory="system"``. Inside the messages they bypass
+protobuf on this side (``triton_wire``: ``ModelInfer`` goes through a stub on tritonclient's channel whose
+serializers append the input bytes from the array and read the output bytes in place), which halves the client's
+CPU per volume. With ``shared_memory="system"`` each request's input and output go through POSIX shared memory
+(``/dev/shm``) registered with Triton, and only the request's metadata goes over gRPC. That needs Triton on the
+same host (in Kubernetes: a sidecar in the worker's pod sharing an in-memory ``/dev/shm``). It saves Triton's
+copies and the loopback transfer of every tensor: on the 2-core test machine most of what remains of Triton's
+overhead (``bench/inference.py``). When the server cannot open the regions (another host,
 another ``/dev/shm``) the backend logs why once and sends tensors over gRPC from then on.
 """
 

@@ -15,9 +15,10 @@ The PyPI Triton build (nvidia-pytriton 0.7.0, tritonserver 2.51) has only the Py
   `inter_op_thread_count`) as for the native backend; default intra-op threads = the CPUs this process may use
   (onnxruntime's own default, which the worker's in-process LocalOnnxBackend keeps) divided among the model's
   CPU instances (`instance_group` counts), so that several instances do not oversubscribe the cores. (On the
-  2-core test machine `count: 2` with one thread each overlaps one instance's tensor copies, which Triton and this
-  stub make one core at a time, with the other's compute; it held up better than `count: 1` with two threads while
-  other processes took cores, and was no faster on idle cores.)
+  2-core test machine lung-density's `count: 2` with one thread each overlaps one instance's tensor copies, which
+  Triton and this stub make one core at a time, with the other's compute, and onnxruntime needs about a quarter
+  less CPU for its light 3x3 convolution on one thread than on two; the nodule CAD, a few large windows per
+  volume, keeps `count: 1` with both threads.)
 - spinning: onnxruntime's intra-op threads busy-wait for work by default. Inside Triton they would take the cores
   that Triton's gRPC threads and this stub need to move the next request's tensors (on the 2-core test machine
   that cost about a quarter more CPU per volume), so they sleep instead unless the config sets
