@@ -77,6 +77,8 @@ SCENARIOS: dict[str, dict[str, Any] | None] = {
             "smart": {"clientId": "imaging-cds", "existingSecret": "imaging-cds-smart", "keyId": "k1"},
         }
     },
+    # Triton as a sidecar in each worker pod, sharing its /dev/shm (tensors through POSIX shared memory), on CPU.
+    "triton-sidecar": {"triton": {"placement": "sidecar", "gpu": {"count": 0}}},
 }
 
 
@@ -501,6 +503,116 @@ def test_network_policies_allow_only_the_designed_traffic(rendered: dict[str, li
     for p in production:
         for rule in p["spec"].get("egress", []):
             assert rule.get("to"), f"{p['metadata']['name']}: egress to any address on {_ports(rule)}"
+
+
+# -- Triton as a sidecar in the worker's pod (triton.placement=sidecar) ------------------------------------------
+
+
+def _volume_at(pod: Manifest, container: Manifest, path: str) -> Manifest:
+    (name,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == name]
+    return volume
+
+
+def test_triton_sidecar_shares_the_workers_dev_shm_and_uid(rendered: dict[str, list[Manifest]]) -> None:
+    docs = rendered["triton-sidecar"]
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"):
+        assert not find(docs, kind, "-triton"), f"a {kind} for Triton beside its sidecar"
+    pod = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["worker", "triton"]
+    worker, triton = pod["containers"]
+    # One in-memory emptyDir at /dev/shm in both, and one uid: the worker's regions are files of mode 0600.
+    shm = _volume_at(pod, worker, "/dev/shm")
+    assert shm == _volume_at(pod, triton, "/dev/shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    ids = {(c["securityContext"]["runAsUser"], c["securityContext"]["runAsGroup"]) for c in containers(pod)}
+    assert ids == {(10001, 10001)} and pod["securityContext"]["runAsUser"] == 10001
+    assert _volume_at(pod, worker, "/tmp") != _volume_at(pod, triton, "/tmp"), "each its own /tmp"
+    # The worker calls the Triton beside it on loopback, tensors through shared memory.
+    env = env_of(worker)
+    assert env["IMAGING_CDS_TRITON_SHARED_MEMORY"] == "system"
+    assert env["IMAGING_CDS_TRITON_GRPC_URL"] == "127.0.0.1:8001"
+    settings = _settings_from(worker)
+    assert (settings.triton_grpc_url, settings.triton_shared_memory) == ("127.0.0.1:8001", "system")
+    assert {"--grpc-port=8001", "--grpc-address=127.0.0.1"} <= set(triton["args"])
+    # Triton is probed as in its own Deployment, on its own (named) port; the models come from the init container.
+    named = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    for kind, path in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
+        assert triton[kind]["httpGet"]["path"] == f"/v2/health/{path}"
+        assert named[triton[kind]["httpGet"]["port"]] == 8000
+    assert not set(named) & {p["name"] for p in worker["ports"]}, "port names are unique in the pod"
+    (init,) = pod["initContainers"]
+    assert init["name"] == "copy-model-repository"
+    assert _volume_at(pod, init, "/models") == _volume_at(pod, triton, "/models")
+    # No network rule to Triton pods: there are none, the worker reaches its own on 127.0.0.1.
+    policy = one(docs, "NetworkPolicy", "-worker")["spec"]
+    peers = [p.get("podSelector", {}).get("matchLabels", {}) for rule in policy["egress"] for p in rule.get("to", [])]
+    assert not any(labels.get("app.kubernetes.io/component") == "triton" for labels in peers)
+    assert {p for rule in policy["egress"] for p in _ports(rule)} == {53, 6379, 8080, 8042}
+    # Placement deployment (the default): Triton's own Deployment, and the worker as it was.
+    default = rendered["default"]
+    one(default, "Deployment", "-triton")
+    (default_worker,) = one(default, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"]
+    assert "IMAGING_CDS_TRITON_SHARED_MEMORY" not in env_of(default_worker)
+    assert "/dev/shm" not in {m["mountPath"] for m in default_worker["volumeMounts"]}
+
+
+def test_triton_sidecar_is_the_triton_container_of_the_deployment(rendered: dict[str, list[Manifest]]) -> None:
+    """Both placements render one template: the sidecar differs only where the worker's pod needs it to."""
+    own = one(rendered["default"], "Deployment", "-triton")["spec"]["template"]["spec"]
+    pod = one(rendered["triton-sidecar"], "Deployment", "-worker")["spec"]["template"]["spec"]
+    deployed, sidecar = own["containers"][0], pod["containers"][1]
+    assert [a for a in sidecar["args"] if a != "--grpc-address=127.0.0.1"] == deployed["args"]
+    for key in ("image", "command", "env", "resources"):
+        if key == "resources":  # the scenario runs on CPU: the same, less the GPU
+            assert sidecar[key] == {
+                kind: {r: q for r, q in v.items() if r != "nvidia.com/gpu"} for kind, v in deployed[key].items()
+            }
+        else:
+            assert sidecar[key] == deployed[key], key
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        expected = yaml.safe_load(yaml.safe_dump(deployed[probe]))
+        expected["httpGet"]["port"] = "triton-http"
+        assert sidecar[probe] == expected, probe
+    assert {p["containerPort"] for p in sidecar["ports"]} == {8000, 8002}, "gRPC on loopback only"
+    assert "preStop" in sidecar["lifecycle"], "Triton outlives the worker's job in hand"
+    assert pod["terminationGracePeriodSeconds"] >= own["terminationGracePeriodSeconds"]
+    init_deployed, init_sidecar = own["initContainers"][0], pod["initContainers"][0]
+    assert {k: v for k, v in init_sidecar.items() if k != "securityContext"} == {
+        k: v for k, v in init_deployed.items() if k != "securityContext"
+    }
+
+
+def test_triton_sidecar_in_production_reads_the_bucket_and_is_scraped_on_gpu_nodes(chart: helm.Chart) -> None:
+    values = yaml.safe_load(yaml.safe_dump(SCENARIOS["production"]))
+    values["triton"]["placement"] = "sidecar"
+    docs = manifests_of(render(chart, values))
+    for doc in docs:
+        if not doc["apiVersion"].startswith(CUSTOM_API_GROUPS):
+            kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+    assert not find(docs, "ServiceMonitor", "-triton") and not find(docs, "NetworkPolicy", "-triton")
+    pod = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    triton = pod["containers"][1]
+    assert "--model-repository=s3://" in " ".join(triton["args"]) and "initContainers" not in pod
+    assert triton["envFrom"] == [{"secretRef": {"name": "imaging-cds-models"}}]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The pod goes where Triton may run: its GPU nodes.
+    assert (
+        pod["nodeSelector"] == values["triton"]["nodeSelector"]
+        and pod["tolerations"] == values["triton"]["tolerations"]
+    )
+    # The worker's policy takes Triton's: the bucket out, Prometheus in on Triton's metrics port.
+    policy = one(docs, "NetworkPolicy", "-worker")["spec"]
+    bucket = values["networkPolicy"]["egress"]["objectStorage"]
+    assert [_ports(rule) for rule in policy["egress"] if rule.get("to") == bucket] == [{443}]
+    (scrape,) = policy["ingress"]
+    assert _ports(scrape) == {9464, 8002} and scrape["from"] == values["networkPolicy"]["metricsFrom"]
+    (monitor,) = find(docs, "PodMonitor")
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "triton-metrics"]
+    notes = next(text for path, text in render(chart, values).items() if path.endswith("NOTES.txt"))
+    assert "deployment/imaging-cds-triton" not in notes and "service/imaging-cds-triton" not in notes
+    assert "rollout status deployment/imaging-cds-worker" in notes and "/v2/repository/index" in notes
+    assert "Triton runs in each worker pod" in notes
 
 
 # -- the chart configures the services the way their code reads it ----------------------------------------------

@@ -103,8 +103,11 @@ seccompProfile:
 {{- default (printf "%s-webhook" (include "imaging-cds.fullname" .)) .Values.webhook.existingSecret }}
 {{- end }}
 
+{{/* The workers' Triton: the sidecar in their own pod (loopback), the chart's Triton Service, or an external one. */}}
 {{- define "imaging-cds.tritonGrpcUrl" -}}
-{{- if .Values.triton.enabled }}
+{{- if include "imaging-cds.tritonSidecar" . }}
+{{- printf "127.0.0.1:%d" (int .Values.triton.grpcPort) }}
+{{- else if .Values.triton.enabled }}
 {{- printf "%s-triton:%d" (include "imaging-cds.fullname" .) (int .Values.triton.grpcPort) }}
 {{- else }}
 {{- required "triton.external.grpcUrl is required when triton.enabled is false" .Values.triton.external.grpcUrl }}
