@@ -13,6 +13,7 @@ from imaging_cds.inference.triton_wire import (
     InputTensor,
     OutputTensor,
     WireFormatError,
+    _varint,
     decode_response,
     encode_request,
     infer_request,
@@ -147,12 +148,3 @@ def test_broken_answers_fail_clearly() -> None:
     with pytest.raises(WireFormatError, match="wire type 7"):
         decode_response(bytes([1 << 3 | 7]))
     assert decode_response(b"").as_numpy("a") is None  # an empty message is a valid (empty) answer
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
