@@ -39,6 +39,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,19 @@ class _GraphBuilder:
             )
         return x
 
+    def scale_space(
+        self, x: str, sigma_voxels: float, scales_mm: Sequence[float], spacing_mm: float, level: str
+    ) -> tuple[list[str], str, float]:
+        """Blob responses of ``x`` (already blurred by ``sigma_voxels``) at each scale (sigma in mm), each level
+        blurred incrementally from the previous one; returns them, the last blurred tensor and its sigma (voxels)."""
+        responses = []
+        for s_mm in scales_mm:
+            s = s_mm / spacing_mm
+            x = self.blur(x, math.sqrt(s * s - sigma_voxels * sigma_voxels), f"{level}{s_mm:g}")
+            sigma_voxels = s
+            responses.append(self.blob_response(x, s, f"{level}{s_mm:g}"))
+        return responses, x, sigma_voxels
+
     def blob_response(self, smoothed: str, sigma_voxels: float, hint: str) -> str:
         """Scale-normalised blob response ``max(0, -largest Hessian eigenvalue) * sigma^2`` of an (N, 1, D, H, W)
         tensor: positive only where the intensity curves down in every direction (a bright blob), zero along a
@@ -310,14 +324,7 @@ def lung_nodule_cad_graph() -> onnx.ModelProto:
     )
     x = g.op("Unsqueeze", [scaled, g.const([1], "channel_axis", np.int64)], "intensity_nc")
 
-    responses: list[str] = []
-    sigma_prev = 0.0
-    smoothed = x
-    for s_mm in NODULE_FINE_SCALES_MM:
-        s = s_mm / NODULE_SPACING_MM
-        smoothed = g.blur(smoothed, math.sqrt(s * s - sigma_prev * sigma_prev), f"fine{s_mm:g}")
-        sigma_prev = s
-        responses.append(g.blob_response(smoothed, s, f"fine{s_mm:g}"))
+    responses, smoothed, sigma_prev = g.scale_space(x, 0.0, NODULE_FINE_SCALES_MM, NODULE_SPACING_MM, "fine")
     if NODULE_COARSE_OPENING_VOXELS > 1:
         # grey-level opening (erosion then dilation by a cube) before the coarse level: vessels thinner than the
         # cube vanish, blobs larger than it keep their shape, so a large nodule is not joined to its vessels
@@ -331,13 +338,7 @@ def lung_nodule_cad_graph() -> onnx.ModelProto:
     coarse_spacing = 2.0 * NODULE_SPACING_MM
     # effective sigma after the 2x2x2 average: the box adds a variance of (spacing / 2)^2 per axis
     sigma_prev = math.sqrt((sigma_prev * NODULE_SPACING_MM) ** 2 + (NODULE_SPACING_MM / 2.0) ** 2) / coarse_spacing
-    coarse_responses = []
-    smoothed = coarse
-    for s_mm in NODULE_COARSE_SCALES_MM:
-        s = s_mm / coarse_spacing
-        smoothed = g.blur(smoothed, math.sqrt(s * s - sigma_prev * sigma_prev), f"coarse{s_mm:g}")
-        sigma_prev = s
-        coarse_responses.append(g.blob_response(smoothed, s, f"coarse{s_mm:g}"))
+    coarse_responses, _, _ = g.scale_space(coarse, sigma_prev, NODULE_COARSE_SCALES_MM, coarse_spacing, "coarse")
     stacked_coarse = g.op("Concat", coarse_responses, "coarse_stack", axis=1)
     fine_shape = g.op("Shape", [responses[0]], "fine_shape")
     sizes = g.op(
