@@ -37,6 +37,16 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         subprocess.run([sys.executable, str(SANDBOX), "down", "--state-dir", str(state)], timeout=120)
 
 
+@pytest.fixture(scope="session")
+def rebuilt_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model repository ``scripts/build_models.py`` writes, built once per session into a scratch folder."""
+    out = tmp_path_factory.mktemp("rebuilt-models")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_models.py"), "--out", str(out)], check=True, capture_output=True
+    )
+    return out
+
+
 def service_env(sandbox: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGING_CDS_")}
     env.update({k: v for k, v in sandbox.items() if k.startswith("IMAGING_CDS_")})

@@ -6,6 +6,7 @@ the slice / 1000 + 0.5). Nothing in imaging-cds knows it: it exists only as the 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,13 @@ def write_toy_model(
     )
     (folder / "manifest.yaml").write_text(MANIFEST.format(name=name, max_batch=max_batch))
     return folder
+
+
+def repository_with_toy_model(root: Path) -> Path:
+    """A copy of the committed model repository at ``root / "triton_repo"`` with the toy model's folder added."""
+    from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
+
+    repo = root / "triton_repo"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
+    write_toy_model(repo)
+    return repo

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imaging_cds.config import DEFAULT_MODEL_REPOSITORY, Settings
+from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.errors import TransientError
 from imaging_cds.fhir.client import FhirClient
@@ -27,7 +26,7 @@ from imaging_cds.sample.synthetic_ct import make_chest_ct, write_sample_study
 from imaging_cds.worker.service import Worker
 from tests.conftest import SANDBOX, service_env
 from tests.fhir_validation import assert_valid_r4
-from tests.model_factory import TOY_MODEL, write_toy_model
+from tests.model_factory import TOY_MODEL, repository_with_toy_model
 from tests.services import create_study_in_ehr, store_folder
 
 pytestmark = pytest.mark.services
@@ -38,10 +37,7 @@ SANDBOX_UP = [sys.executable, str(SANDBOX), "up"]
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("byom") / "triton_repo"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
-    write_toy_model(repo)
-    return repo
+    return repository_with_toy_model(tmp_path_factory.mktemp("byom"))
 
 
 @pytest.fixture(scope="module")

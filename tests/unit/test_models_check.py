@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,12 @@ from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
 from imaging_cds.inference.check import check_model, check_repository
 from imaging_cds.inference.local import LocalOnnxBackend
 from imaging_cds.inference.manifest import load_manifest
-from tests.model_factory import TOY_MAX_BATCH, TOY_MODEL, write_toy_model
+from tests.model_factory import TOY_MAX_BATCH, TOY_MODEL, repository_with_toy_model, write_toy_model
 
 
 @pytest.fixture()
 def repository(tmp_path: Path) -> Path:
-    repo = tmp_path / "triton_repo"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
-    write_toy_model(repo)
-    return repo
+    return repository_with_toy_model(tmp_path)
 
 
 def test_committed_repository_passes_the_check() -> None:

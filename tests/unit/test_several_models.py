@@ -3,7 +3,6 @@ generic classification findings a hospital's own model gets from its manifest.""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 from imaging_cds.analysis.classification import classification_findings
-from imaging_cds.config import DEFAULT_MODEL_REPOSITORY
 from imaging_cds.errors import ModelConfigurationError
 from imaging_cds.fhir import codes
 from imaging_cds.imaging.files import FileStream
@@ -23,15 +21,12 @@ from imaging_cds.sample.synthetic_ct import SampleStudy, write_sample_study
 from imaging_cds.worker.embedded import analyze_folder, result_summary
 from imaging_cds.worker.pipeline import analyze_series_with
 from imaging_cds.worker.timing import StageTimer
-from tests.model_factory import TOY_MODEL, write_toy_model
+from tests.model_factory import TOY_MODEL, repository_with_toy_model
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("models") / "triton_repo"
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
-    write_toy_model(repo)
-    return repo
+    return repository_with_toy_model(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
