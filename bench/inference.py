@@ -18,8 +18,9 @@ file: ``ratio`` = local seconds / Triton seconds (1.0: no overhead; goal >= 0.8,
 more than a quarter of the work). The three are interleaved, one warm-up each; times are medians with min and max
 over ``--repeats`` runs, and ``pair_ratio`` gives the spread of the ratio run by run (a noisy neighbour on a shared
 machine slows one run of each alike). ``cpu_s`` is CPU time per run (medians): the benchmark process for local and
-for Triton's client side, Triton's processes (server and Python backend stub) for its server side; on a machine
-that shares its cores it says where the work went better than wall-clock time. Outputs are compared too.
+for Triton's client side, Triton's processes (the server, where the sandbox's native onnxruntime backend runs the
+model, and any backend stub processes) for its server side; on a machine that shares its cores it says where the
+work went better than wall-clock time. Outputs are compared too.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Runs:
 
 
 class TritonProcesses:
-    """CPU time of the Triton server and its children (the Python backend stubs), from /proc."""
+    """CPU time of the Triton server and its children (Python backend stubs, if a model uses one), from /proc."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
