@@ -97,6 +97,22 @@ def drops_first_row() -> onnx.ModelProto:
     )
 
 
+def first_rows() -> onnx.ModelProto:
+    """x INT32 [n, w], k INT64 [1] -> y = x[:k], declared [n, w]: the declared shape holds only when k >= n."""
+    starts = numpy_helper.from_array(np.array([0], dtype=np.int64), name="starts")
+    axes = numpy_helper.from_array(np.array([0], dtype=np.int64), name="axes")
+    nodes = [helper.make_node("Slice", ["x", "starts", "k", "axes"], ["y"])]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.INT32, ["n", "w"]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, ["n", "w"])],
+        [starts, axes],
+    )
+
+
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     repo = tmp_path_factory.mktemp("backend-repo")
@@ -111,6 +127,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     )
     _write(repo, "drops-first-row", drops_first_row(),
            _config(0, [_tensor("x", "TYPE_INT32", "-1, -1")], [_tensor("y", "TYPE_INT32", "-1, -1")]))  # fmt: skip
+    _write(repo, "first-rows", first_rows(), _config(0, [_tensor("x", "TYPE_INT32", "-1, -1"),
+           _tensor("k", "TYPE_INT64", "1")], [_tensor("y", "TYPE_INT32", "-1, -1")], batching[1]))  # fmt: skip
     options = ("--only", "triton", "--model-repository", str(repo))
     with sandbox(tmp_path_factory.mktemp("backend-sandbox"), *options) as info:
         client = grpcclient.InferenceServerClient(info["IMAGING_CDS_TRITON_GRPC_URL"])
@@ -157,6 +175,24 @@ def test_an_onnx_file_that_declares_a_wrong_output_shape_is_still_answered_corre
     x = np.arange(8, dtype=np.int32).reshape(4, 2)
     for _ in range(2):  # the first run shows the declared shape wrong: outputs are made after every run
         np.testing.assert_array_equal(_infer(triton["client"], "drops-first-row", x, "INT32").as_numpy("y"), x[1:])
+
+
+def test_a_shape_that_stops_holding_fails_that_request_alone_with_the_reason(triton: dict[str, Any]) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    x = np.arange(8, dtype=np.int32).reshape(4, 2)
+
+    def first(k: int) -> np.ndarray:
+        inputs = [grpcclient.InferInput("x", [4, 2], "INT32"), grpcclient.InferInput("k", [1], "INT64")]
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(np.array([k], dtype=np.int64))
+        return triton["client"].infer("first-rows", inputs).as_numpy("y")
+
+    np.testing.assert_array_equal(first(4), x)  # the declared [n, w] held: outputs now made before the run (1 instance)
+    with pytest.raises(InferenceServerException, match="first-rows: onnxruntime run"):
+        first(3)
+    np.testing.assert_array_equal(first(3), x[:3])  # from then on made after the run
+    np.testing.assert_array_equal(first(4), x)
 
 
 def test_a_config_that_does_not_match_its_onnx_file_is_refused_at_load_naming_both(triton: dict[str, Any]) -> None:

@@ -460,6 +460,8 @@ std::unique_ptr<InstanceState> OpenSession(ModelState* model, TRITONBACKEND_Mode
 // one request: its inputs, where its answer goes
 // ---------------------------------------------------------------------------------------------------------------
 
+const char kEmpty[1] = {0};  // where an empty tensor's data "is": onnxruntime wants a pointer even for no bytes
+
 struct InputTensor {
   std::vector<int64_t> shape;
   const char* data = nullptr;  // Triton's buffer when it came in one piece, else gathered.data()
@@ -537,7 +539,7 @@ void ReadInputs(const ModelState& model, Pending& p) {
         t.gathered.insert(t.gathered.end(), static_cast<const char*>(data), static_cast<const char*>(data) + size);
       }
     }
-    if (buffers != 1) t.data = t.gathered.data();
+    if (buffers != 1) t.data = t.gathered.empty() ? kEmpty : t.gathered.data();
     p.inputs.push_back(std::move(t));
   }
 }
@@ -602,20 +604,23 @@ std::vector<int64_t> PredictedShape(const InstanceState& st, size_t o, const Pen
 // handed to onnxruntime to write into (outputs nobody asked for are left to onnxruntime).
 std::vector<Value> OutputsInPlace(InstanceState& st, Pending& p) {
   const ModelState& model = *st.model;
+  std::vector<std::vector<int64_t>> shapes(model.outputs.size());
+  for (size_t o : p.wanted) {  // all worked out before any is added to the response
+    shapes[o] = PredictedShape(st, o, p);
+    for (int64_t d : shapes[o]) {
+      if (d < 0) return {};
+    }
+  }
   std::vector<Value> placed(model.outputs.size());
   for (size_t o : p.wanted) {
     const TensorSpec& spec = model.outputs[o];
-    std::vector<int64_t> shape = PredictedShape(st, o, p);
     uint64_t elements = 1;
-    for (int64_t d : shape) {
-      if (d < 0) return {};
-      elements *= static_cast<uint64_t>(d);
-    }
+    for (int64_t d : shapes[o]) elements *= static_cast<uint64_t>(d);
     const uint64_t bytes = elements * spec.type->size;
-    void* buffer = NewOutput(model, p.response, spec, shape, bytes);
+    void* buffer = NewOutput(model, p.response, spec, shapes[o], bytes);
     OrtValue* value = nullptr;
-    Check(ort.CreateTensorWithDataAsOrtValue(st.cpu, buffer, bytes, shape.data(), shape.size(), spec.type->onnx,
-                                             &value),
+    Check(ort.CreateTensorWithDataAsOrtValue(st.cpu, buffer, bytes, shapes[o].data(), shapes[o].size(),
+                                             spec.type->onnx, &value),
           model.name + ": output '" + spec.name + "'");
     placed[o].reset(value);
   }
@@ -723,7 +728,7 @@ void Answer(const ModelState& model, const std::vector<Output>& outputs, std::ve
       const char* data = out.data;
       uint64_t bytes = out.bytes;
       if (group.size() > 1) {
-        const uint64_t row_bytes = out.bytes / static_cast<uint64_t>(out.shape[0]);
+        const uint64_t row_bytes = out.shape[0] > 0 ? out.bytes / static_cast<uint64_t>(out.shape[0]) : 0;
         shape[0] = p->rows;
         data += row_bytes * static_cast<uint64_t>(row);
         bytes = row_bytes * static_cast<uint64_t>(p->rows);
@@ -747,6 +752,17 @@ bool ShapesHeld(const InstanceState& st, const std::vector<Output>& outputs, con
     if (outputs[o].shape != PredictedShape(st, o, p)) return false;
   }
   return true;
+}
+
+void RunGroup(InstanceState& st, std::vector<Pending*>& group, Timing& timing);
+
+// RunGroup with any other exception (out of memory...) failing the group's requests instead of Triton.
+void RunGroupSafely(InstanceState& st, std::vector<Pending*>& group, Timing& timing) {
+  try {
+    RunGroup(st, group, timing);
+  } catch (const std::exception& e) {
+    for (Pending* p : group) Fail(*p, TRITONSERVER_ERROR_INTERNAL, st.model->name + ": " + e.what());
+  }
 }
 
 void RunGroup(InstanceState& st, std::vector<Pending*>& group, Timing& timing) {
@@ -909,13 +925,15 @@ EXPORT TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_Mode
       ReadWanted(model, p);
     } catch (const Failure& f) {
       Fail(p, f.code, f.what());
+    } catch (const std::exception& e) {
+      Fail(p, TRITONSERVER_ERROR_INTERNAL, model.name + ": " + e.what());
     }
   }
 
   Timing timing;
   uint64_t rows = 0;
   for (std::vector<Pending*>& group : Groups(model, pending)) {
-    RunGroup(*st, group, timing);
+    RunGroupSafely(*st, group, timing);
     for (Pending* p : group) rows += static_cast<uint64_t>(p->rows);
   }
   if (timing.compute_start == 0) timing.compute_start = timing.compute_end = NowNs();
