@@ -17,6 +17,7 @@ from imaging_cds.analysis.lung_density import (
     NoLungFoundError,
     extract_lungs,
     key_image_slice,
+    lung_box,
     measure_lung_density,
     render_key_image,
 )
@@ -148,6 +149,14 @@ def test_measures_follow_the_standard_definitions() -> None:
     assert measured.mean_lung_density_hu == pytest.approx(values.mean())
     assert measured.p15_hu == pytest.approx(np.percentile(values, 15))
     assert as_float.p15_hu == pytest.approx(measured.p15_hu)
+
+
+def test_lung_box_is_the_tight_bounding_box_of_the_mask() -> None:
+    mask = np.zeros((6, 8, 9), dtype=bool)
+    mask[1, 2, 3] = mask[4, 6, 7] = mask[2, 5, 2] = True
+    assert lung_box(mask) == (slice(1, 5), slice(2, 7), slice(2, 8))
+    assert np.count_nonzero(mask[lung_box(mask)]) == 3
+    assert lung_box(np.zeros((2, 3, 4), dtype=bool)) == (slice(None), slice(None), slice(None))
 
 
 def test_empty_mask_raises_a_named_error() -> None:

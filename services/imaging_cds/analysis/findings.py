@@ -22,6 +22,7 @@ from imaging_cds.analysis.lung_density import (
     NoLungFoundError,
     extract_lungs,
     key_image_slice,
+    lung_box,
     measure_lung_density,
     render_key_image,
 )
@@ -104,7 +105,8 @@ def lung_density_findings(
     """
     try:
         lungs = extract_lungs(candidate, volume.spacing_mm)
-        measures = measure_lung_density(volume.hu, lungs, volume.spacing_mm)
+        box = lung_box(lungs)  # the measurements read only the lungs' bounding box: the same numbers, a third the work
+        measures = measure_lung_density(volume.hu[box], lungs[box], volume.spacing_mm)
     except NoLungFoundError as err:
         raise NotAnalyzableError(volume.study_uid, f"series {volume.series_uid}: {err}") from err
     # Radiomics is the slowest step and needs only the mask: it runs beside the rest (numpy and scipy release the GIL).
@@ -114,15 +116,17 @@ def lung_density_findings(
             if radiomics is not None
             else None
         )
-        findings = _lung_density_findings(volume, lungs, measures)
+        findings = _lung_density_findings(volume, lungs, measures, box)
         regions = [] if lung_features is None else [r for r in (lung_features.result(),) if r is not None]
     return replace(findings, radiomics=tuple(regions))
 
 
-def _lung_density_findings(volume: CtVolume, lungs: npt.NDArray[np.bool_], measures: LungDensityMeasures) -> Findings:
+def _lung_density_findings(
+    volume: CtVolume, lungs: npt.NDArray[np.bool_], measures: LungDensityMeasures, box: tuple[slice, slice, slice]
+) -> Findings:
     emphysema = measures.laa950_percent >= codes.LAA950_EMPHYSEMA_THRESHOLD_PERCENT
-    finding = emphysema_finding(volume, lungs, emphysema)
-    z = key_image_slice(lungs, volume.hu if emphysema else None)
+    finding = emphysema_finding(volume, lungs, emphysema, box)
+    z = (box[0].start or 0) + key_image_slice(lungs[box], volume.hu[box] if emphysema else None)
     if emphysema:
         conclusion = (
             f"Low-attenuation lung (LAA-950) {measures.laa950_percent:.1f} % of lung volume, at or above the "
@@ -155,15 +159,19 @@ ZONE_PREDOMINANCE_RATIO = 1.5
 """A lung zone (or side) predominates when its LAA-950 % is at least this many times the lowest zone's (side's)."""
 
 
-def emphysema_finding(volume: CtVolume, lungs: npt.NDArray[np.bool_], present: bool) -> CodedFinding:
+def emphysema_finding(
+    volume: CtVolume, lungs: npt.NDArray[np.bool_], present: bool, box: tuple[slice, slice, slice] | None = None
+) -> CodedFinding:
     """Emphysema as a finding: present or absent, its size (volume below -950 HU) and, where there is low-attenuation
     lung, its location (the predominant lung zone) and laterality.
 
     ``lungs``: the lung mask, (z, y, x) like ``volume.hu``, in the volume's canonical frame (z towards the head,
     x towards the patient's left). Zones are thirds of the lungs' craniocaudal extent; the sides are split at the
-    middle of the lungs' left-right extent.
+    middle of the lungs' left-right extent. ``box``: the lungs' bounding box (``lung_box``), when already known.
     """
-    laa = lungs & (volume.hu < LAA_THRESHOLD_HU)
+    box = lung_box(lungs) if box is None else box
+    lungs = lungs[box]
+    laa = lungs & (volume.hu[box] < LAA_THRESHOLD_HU)
     laa_voxels = int(np.count_nonzero(laa))
     size = Component(
         codes.LAA950_VOLUME, quantity=laa_voxels * volume.voxel_volume_ml, unit=codes.MILLILITRE, decimals=0

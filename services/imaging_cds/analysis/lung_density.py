@@ -148,6 +148,17 @@ def extract_lungs(candidate: npt.NDArray[np.generic], spacing_mm: Spacing) -> Bo
     return lungs
 
 
+def lung_box(mask: BoolVolume) -> tuple[slice, slice, slice]:
+    """The bounding box of the voxels set in a ``(z, y, x)`` mask (the whole volume when none is). The lungs fill
+    about a third of a chest CT's volume, so measurements of them read only this box."""
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    if z.size == 0:
+        return slice(None), slice(None), slice(None)
+    plane = np.any(mask[int(z[0]) : int(z[-1]) + 1], axis=0)
+    y, x = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return slice(int(z[0]), int(z[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
+
+
 def _upsample(mask: BoolVolume, factor: int) -> BoolVolume:
     if factor == 1:
         return mask
