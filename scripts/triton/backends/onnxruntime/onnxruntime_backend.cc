@@ -5,8 +5,9 @@
 // Python model made every tensor cross a process boundary twice each way (Triton -> shared memory -> the Python
 // stub's numpy array -> onnxruntime -> numpy -> shared memory -> Triton) and made the sandbox measure the stub
 // rather than Triton. This backend runs in the server process like NVIDIA's does: onnxruntime reads the request's
-// tensor where Triton's gRPC front end put it (no copy when a batch is one request) and the outputs are copied once,
-// into the response. The same triton_repo/ loads unchanged here and on NVIDIA's image.
+// tensor where Triton's gRPC front end put it (no copy when a batch is one request) and writes its outputs straight
+// into the response (copied once instead, when their shapes cannot be known before the run). The same triton_repo/
+// loads unchanged here and on NVIDIA's image.
 //
 // What it does.
 // - Runs `<model_dir>/<version>/<default_model_filename or model.onnx>` with onnxruntime's CPU provider, the
@@ -24,6 +25,12 @@
 // - Spinning: onnxruntime's intra-op threads busy-wait for work by default. Inside Triton they would take the cores
 //   that Triton's gRPC threads need to move the next request's tensors, so they sleep instead unless the config
 //   sets `parameters { key: "allow_spinning" value: { string_value: "1" } }`.
+// - Memory: `enable_mem_pattern` and `enable_mem_arena` parameters ("0" or "1", default "1"), as NVIDIA's backend
+//   reads them.
+// - Outputs in place: when every output dim of the ONNX file is fixed or named like an input dim ("slices",
+//   "rows"...), a batch of one request gets its outputs made in the response before the run, once a first run has
+//   shown those shapes to hold; if they ever stop holding, that request fails with onnxruntime's reason and the
+//   instance copies outputs after the run from then on.
 // - Reports Triton's per-request and per-batch statistics (nv_inference_* metrics, the statistics API).
 //
 // Built by `scripts/sandbox install` (g++, nlohmann-json from Debian); see triton_backend_api.h and ort_api.h for
@@ -52,7 +59,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr uint32_t kOrtApiVersion = 16;  // every entry used here exists since API 5; 1.31 serves up to 24+
+constexpr uint32_t kOrtApiVersion = 16;  // every entry used here exists since API 5; a library serves older APIs too
 OrtApiTable ort;
 OrtEnv* ort_env = nullptr;
 
@@ -786,11 +793,12 @@ void RunGroup(InstanceState& st, std::vector<Pending*>& group, Timing& timing) {
     Answer(*st.model, outputs, group);
   } catch (const Failure& f) {
     if (in_place) {
-      // The declared shapes held before but not for this request (the response already carries the outputs made
-      // for it, so it cannot be answered again): it fails, naming why, and this instance stops making outputs early.
+      // Most likely the declared shapes held before but not for this request. The response already carries the
+      // outputs made for it, so it cannot be answered again: it fails with onnxruntime's reason, and this instance
+      // makes outputs after the run from now on (whatever the cause was, that way is always right).
       st.outputs_in_place = false;
-      Log(TRITONSERVER_LOG_WARN, st.model->name + ": outputs made before the run did not fit (" + f.what() +
-                                     "); they are copied into the responses after each run from now on");
+      Log(TRITONSERVER_LOG_WARN, st.model->name + ": a run into outputs made before it failed (" + f.what() +
+                                     "); outputs are copied into the responses after each run from now on");
       Fail(*group.front(), f.code, f.what());
       return;
     }
