@@ -159,6 +159,13 @@ const char* OnnxName(ONNXTensorElementDataType type) {
   return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING ? "a string tensor" : "an element type Triton cannot carry";
 }
 
+// Bytes of a tensor of `shape` (no negative dims) and type `type`.
+uint64_t ByteSize(const std::vector<int64_t>& shape, const DataType& type) {
+  uint64_t elements = 1;
+  for (int64_t d : shape) elements *= static_cast<uint64_t>(d);
+  return elements * type.size;
+}
+
 std::string ShapeText(const int64_t* dims, size_t n) {
   std::string s = "[";
   for (size_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
@@ -508,17 +515,15 @@ void ReadInputs(const ModelState& model, Pending& p) {
     }
     InputTensor t;
     t.shape.assign(shape, shape + dims);
-    uint64_t elements = 1;
     for (int64_t d : t.shape) {
       if (d < 0) throw Failure(TRITONSERVER_ERROR_INVALID_ARG, model.name + ": input '" + spec.name + "' has shape " +
                                                                      ShapeText(shape, dims));
-      elements *= static_cast<uint64_t>(d);
     }
-    if (elements * spec.type->size != bytes) {
+    const uint64_t needed = ByteSize(t.shape, *spec.type);
+    if (needed != bytes) {
       throw Failure(TRITONSERVER_ERROR_INVALID_ARG,
                     model.name + ": input '" + spec.name + "' has " + std::to_string(bytes) + " bytes, shape " +
-                        ShapeText(shape, dims) + " of " + spec.type->triton + " needs " +
-                        std::to_string(elements * spec.type->size));
+                        ShapeText(shape, dims) + " of " + spec.type->triton + " needs " + std::to_string(needed));
     }
     if (model.max_batch_size > 0) {
       if (dims == 0) {
@@ -621,9 +626,7 @@ std::vector<Value> OutputsInPlace(InstanceState& st, Pending& p) {
   std::vector<Value> placed(model.outputs.size());
   for (size_t o : p.wanted) {
     const TensorSpec& spec = model.outputs[o];
-    uint64_t elements = 1;
-    for (int64_t d : shapes[o]) elements *= static_cast<uint64_t>(d);
-    const uint64_t bytes = elements * spec.type->size;
+    const uint64_t bytes = ByteSize(shapes[o], *spec.type);
     void* buffer = NewOutput(model, p.response, spec, shapes[o], bytes);
     OrtValue* value = nullptr;
     Check(ort.CreateTensorWithDataAsOrtValue(st.cpu, buffer, bytes, shapes[o].data(), shapes[o].size(),
@@ -709,9 +712,7 @@ std::vector<Output> RunSession(InstanceState& st, std::vector<Pending*>& group, 
       throw Failure(TRITONSERVER_ERROR_INTERNAL, model.name + ": output '" + spec.name + "' came back as " +
                                                      OnnxName(type) + ", the config says " + spec.type->config);
     }
-    uint64_t elements = 1;
-    for (int64_t d : out.shape) elements *= static_cast<uint64_t>(d);
-    out.bytes = elements * spec.type->size;
+    out.bytes = ByteSize(out.shape, *spec.type);
     void* data = nullptr;
     Check(ort.GetTensorMutableData(out.value.get(), &data), model.name + ": output data");
     out.data = static_cast<const char*>(data);
