@@ -10,11 +10,16 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
+from scipy import ndimage
 
 from imaging_cds.analysis.lung_density import (
     KEY_IMAGE_MAX_BYTES,
     NoLungFoundError,
+    _label_3d,
     extract_lungs,
     key_image_slice,
     lung_box,
@@ -157,6 +162,17 @@ def test_lung_box_is_the_tight_bounding_box_of_the_mask() -> None:
     assert lung_box(mask) == (slice(1, 5), slice(2, 7), slice(2, 8))
     assert np.count_nonzero(mask[lung_box(mask)]) == 3
     assert lung_box(np.zeros((2, 3, 4), dtype=bool)) == (slice(None), slice(None), slice(None))
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 7), st.integers(1, 9), st.integers(1, 9))))
+def test_3d_components_are_numbered_as_scipy_numbers_them(mask: npt.NDArray[np.bool_]) -> None:
+    # extract_lungs breaks ties between equally large components by their number, so the numbering (raster order of
+    # each component's first voxel, face connectivity) must be scipy's, not merely the same partition.
+    labels, count = _label_3d(mask)
+    expected, expected_count = ndimage.label(mask)
+    assert count == expected_count
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_empty_mask_raises_a_named_error() -> None:

@@ -23,6 +23,7 @@ import io
 import math
 from dataclasses import dataclass
 
+import cc3d
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
@@ -165,6 +166,13 @@ def _upsample(mask: BoolVolume, factor: int) -> BoolVolume:
     return np.repeat(np.repeat(mask, factor, axis=1), factor, axis=2)
 
 
+def _label_3d(mask: BoolVolume) -> tuple[npt.NDArray[np.unsignedinteger], int]:
+    """Face-connected (6-neighbour) components of a 3D mask, numbered from 1 in raster order of their first voxel:
+    the labels of ``ndimage.label(mask)``, from cc3d, about four times faster on a chest CT's coarse mask."""
+    labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
+    return labels, int(count)
+
+
 def _dilate_in_plane(mask: BoolVolume) -> BoolVolume:
     """Binary dilation by a 3x3 in-plane square (nothing set outside the array): the same as
     ``ndimage.binary_dilation(mask, _IN_PLANE_SQUARE)``, as four shifted ORs."""
@@ -195,7 +203,7 @@ def _inner_air(coarse: BoolVolume, spacing_mm: Spacing) -> tuple[BoolVolume, Boo
 
     The masks are cropped to the box, which has a two-voxel in-plane margin. None if there is no such air.
     """
-    labels, n = ndimage.label(coarse)
+    labels, n = _label_3d(coarse)
     if n == 0:
         return None
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -305,7 +313,7 @@ def _largest_lungs(air: BoolVolume, spacing_mm: Spacing) -> BoolVolume:
     The second must hold at least ``SECOND_LUNG_MIN_FRACTION`` of the largest one's volume and span at least
     ``SECOND_LUNG_MIN_HEIGHT`` of its craniocaudal extent, which rules out bowel gas when the lungs touch.
     """
-    labels, n = ndimage.label(air)
+    labels, n = _label_3d(air)
     if n == 0:
         return np.zeros(air.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
