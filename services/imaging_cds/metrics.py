@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import redis
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = [
     "JOBS_FINISHED",
     "JOB_RUNS_DEFERRED",
+    "MODELS_SERVED",
     "NOTIFICATIONS",
     "REPORTS",
     "STAGE_SECONDS",
@@ -45,6 +46,11 @@ STAGE_SECONDS = Histogram(
     "Seconds a study spent in each pipeline stage (studies that produced results)",
     ["stage"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+MODELS_SERVED = Gauge(
+    "imaging_cds_worker_models_served",
+    "1 once the inference server serves every model this worker runs, at its pinned version; 0 while the worker "
+    "waits for it at start-up and takes no job",
 )
 REPORTS = Counter(
     "imaging_cds_reports",

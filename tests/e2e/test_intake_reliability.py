@@ -36,6 +36,7 @@ from tests.services import (
     imaging_cds_process,
     store_files,
     store_folder,
+    tcp_relay,
     wait_for,
 )
 
@@ -268,15 +269,23 @@ def test_a_study_is_analysed_only_once_all_its_images_are_in_the_pacs(
 def test_transient_failures_are_retried_with_backoff_then_dead_lettered(
     sandbox: dict[str, str], studies: list[SampleStudy], fhir: FhirClient, tmp_path: Path
 ) -> None:
+    # The worker reaches Triton through a relay, starts (it takes no job before Triton serves its models), then
+    # Triton becomes unreachable: the relay closes, as when the server goes down.
+    relay_port = free_port()
     env = make_env(
         sandbox,
-        IMAGING_CDS_TRITON_GRPC_URL=f"127.0.0.1:{free_port()}",  # Triton unreachable
+        IMAGING_CDS_TRITON_GRPC_URL=f"127.0.0.1:{relay_port}",
         IMAGING_CDS_MAX_ATTEMPTS="3",
         IMAGING_CDS_REGISTER_SUBSCRIPTION="false",
         IMAGING_CDS_QUEUE_PREFIX="transient",
     )
-    services = Services(env, tmp_path).start(workers=1)
+    triton_host, triton_port = sandbox["IMAGING_CDS_TRITON_GRPC_URL"].rsplit(":", 1)
+    services = Services(env, tmp_path)
     try:
+        with tcp_relay(relay_port, (triton_host, int(triton_port))):
+            services.start(workers=1)
+            worker_log = tmp_path / "worker-1.log"
+            wait_for("the worker to find its models served", lambda: "inference server ready" in worker_log.read_text())
         study = announce(fhir, studies[0], services.settings.dicomweb_url)
         stub = jobs_pb2_grpc.JobServiceStub(grpc.insecure_channel(f"127.0.0.1:{services.settings.grpc_port}"))
         job_id = stub.Submit(_submit(study["id"]), timeout=10).job_id

@@ -73,7 +73,7 @@ class _Recorder:
         self.priorities.append(priority)
         return batch
 
-    def served_version(self, model: ModelManifest) -> str:
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
         return "1"
 
     def close(self) -> None:

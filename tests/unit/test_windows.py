@@ -38,7 +38,7 @@ class EchoBackend:
         )
         return np.stack([batch.astype(np.int32), np.broadcast_to(edge, batch.shape).astype(np.int32)], axis=1)
 
-    def served_version(self, model: ModelManifest) -> str:
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
         return "1"
 
     def close(self) -> None:

@@ -23,8 +23,10 @@ STAT_PRIORITY = 1
 class InferenceBackend(Protocol):
     def infer(self, model: ModelManifest, batch: np.ndarray, priority: int = ROUTINE_PRIORITY) -> np.ndarray: ...
 
-    def served_version(self, model: ModelManifest) -> str:
-        """The model version that actually answers (Triton's, or the local file's)."""
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
+        """The model version that actually answers (Triton's, or the local file's). ``retry``: a server that is
+        unavailable is tried again a few times first (as for a job); False: one attempt, for a caller that polls.
+        An unavailable or not-ready model raises TransientError."""
         ...
 
     def close(self) -> None: ...
@@ -40,8 +42,8 @@ class PrioritizedBackend:
     def infer(self, model: ModelManifest, batch: np.ndarray, priority: int = ROUTINE_PRIORITY) -> np.ndarray:
         return self._backend.infer(model, batch, priority or self.priority)
 
-    def served_version(self, model: ModelManifest) -> str:
-        return self._backend.served_version(model)
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
+        return self._backend.served_version(model, retry=retry)
 
     def close(self) -> None:
         """The wrapped backend is shared: closing a job's view of it closes nothing."""

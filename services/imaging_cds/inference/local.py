@@ -40,7 +40,7 @@ class LocalOnnxBackend:
         ]
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
-    def served_version(self, model: ModelManifest) -> str:
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
         return model.triton_version
 
     def close(self) -> None:

@@ -60,6 +60,9 @@ RETRYABLE = ("StatusCode.UNAVAILABLE",)
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 SHARED_MEMORY_MODES = ("none", "system")
 UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S = 40, 0.05
+# gRPC waits longer and longer between attempts to reconnect to a server that is down (up to 120 s by default): a
+# worker waiting for a Triton that is loading its models would notice it up to two minutes late.
+MAX_RECONNECT_BACKOFF_MS = 5000
 T = TypeVar("T")
 
 
@@ -292,6 +295,7 @@ class TritonBackend:
             root_certificates=o.tls_ca_file or None,
             private_key=o.tls_key_file or None,
             certificate_chain=o.tls_cert_file or None,
+            channel_args=_channel_args(),
         )
         # ModelInfer goes through this stub on the client's own channel (the one channel every thread shares),
         # with triton_wire's serializers in place of protobuf's (tritonclient is pinned: _channel is its channel).
@@ -433,13 +437,15 @@ class TritonBackend:
             ) from None
         return answer
 
-    def _call(self, model: ModelManifest, request: Callable[[], T], slot: _Slot | None = None) -> T:
+    def _call(
+        self, model: ModelManifest, request: Callable[[], T], slot: _Slot | None = None, retries: int | None = None
+    ) -> T:
         """``request()`` with :meth:`_retrying`; a failure becomes a :class:`TransientError` for the job. With a
         ``slot``, an error about shared memory (Triton restarted and forgot the regions, an output larger than
         its region) becomes a :class:`SharedMemoryError`: the request goes again over gRPC and the slot's regions
-        are registered again before their next use."""
+        are registered again before their next use. ``retries``: instead of ``options.retries``."""
         try:
-            return self._retrying(request)
+            return self._retrying(request, retries)
         except _Failed as failed:
             err = failed.error
             if slot is not None and "shared memory" in (err.message() or "").lower():
@@ -452,29 +458,31 @@ class TritonBackend:
                 f"({err.status()}: {err.message()}) after {failed.attempts} attempt(s); the job will be retried"
             ) from err
 
-    def _retrying(self, request: Callable[[], T]) -> T:
-        """``request()``, retried on UNAVAILABLE with bounded exponential backoff; other errors at once."""
+    def _retrying(self, request: Callable[[], T], retries: int | None = None) -> T:
+        """``request()``, retried on UNAVAILABLE (``options.retries`` times unless ``retries`` says) with bounded
+        exponential backoff; other errors at once."""
         o = self.options
-        for attempt in range(o.retries + 1):
+        retries = o.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 return request()
             except InferenceServerException as err:
-                if err.status() not in RETRYABLE or attempt == o.retries:
+                if err.status() not in RETRYABLE or attempt == retries:
                     raise _Failed(err, attempt + 1) from err
                 wait = min(o.backoff_cap_s, o.backoff_s * 2**attempt)
-                log.warning(
-                    "Triton at %s unavailable; retry %d of %d in %.2f s", self.url, attempt + 1, o.retries, wait
-                )
+                log.warning("Triton at %s unavailable; retry %d of %d in %.2f s", self.url, attempt + 1, retries, wait)
                 time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def served_version(self, model: ModelManifest) -> str:
-        """The pinned version, once Triton says it is ready (retried while the server is UNAVAILABLE)."""
+    def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
+        """The pinned version, once Triton says it is ready (with ``retry``, retried while the server is
+        UNAVAILABLE)."""
         ready = self._call(
             model,
             lambda: self._client.is_model_ready(
                 model.triton_model, model.triton_version, client_timeout=self.options.timeout_s
             ),
+            retries=None if retry else 0,
         )
         if not ready:
             raise TransientError(
@@ -488,6 +496,22 @@ class TritonBackend:
         if self._shm_to_close is not None:
             self._shm_to_close.close()
         self._client.close()
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options (no message size limit, its keepalive defaults), and a ceiling on
+    the reconnect backoff."""
+    keepalive = grpcclient.KeepAliveOptions()
+    unlimited = 2**31 - 1
+    return [
+        ("grpc.max_send_message_length", unlimited),
+        ("grpc.max_receive_message_length", unlimited),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(keepalive.keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
 
 
 def _item_key(model: ModelManifest, batch: np.ndarray) -> tuple[str, str, tuple[int, ...], str]:

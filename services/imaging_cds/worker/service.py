@@ -34,7 +34,7 @@ from imaging_cds.inference.manifest import ModelManifest
 from imaging_cds.jobs.model import Job, JobState, Priority
 from imaging_cds.jobs.policy import Readiness, backoff_s, study_readiness
 from imaging_cds.jobs.queue import Delivery, JobQueue
-from imaging_cds.metrics import JOB_RUNS_DEFERRED, JOBS_FINISHED, REPORTS, STAGE_SECONDS
+from imaging_cds.metrics import JOB_RUNS_DEFERRED, JOBS_FINISHED, MODELS_SERVED, REPORTS, STAGE_SECONDS
 from imaging_cds.worker.pipeline import ModelRun, SeriesAnalysis, analyze_series_with
 from imaging_cds.worker.timing import StageTimer
 
@@ -90,6 +90,8 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        if not self.wait_for_models(stop):
+            return
         log.info("worker %s consuming %s", self.consumer, ", ".join(self.queue.streams.values()))
         while not stop.is_set():
             try:
@@ -101,6 +103,37 @@ class Worker:
                 # Redis restarting or unreachable: nothing is lost (unacknowledged entries stay pending); wait.
                 log.warning("queue unavailable (%s); retrying in 1 s", type(err).__name__)
                 stop.wait(1.0)
+
+    def wait_for_models(self, stop: threading.Event, every_s: float = 2.0, remind_s: float = 60.0) -> bool:
+        """Blocks until the inference server serves every model at its pinned version; False if ``stop`` came first.
+
+        A worker beside a Triton that is still loading its models (a sidecar, a rollout, a node restart) takes no
+        job until then: a job taken earlier would spend its transient-failure retries (``max_attempts``) on the
+        wait and could be dead-lettered before Triton is up. The reason is logged when it changes and every
+        ``remind_s`` while it lasts; ``imaging_cds_worker_models_served`` is 0 meanwhile.
+        """
+        MODELS_SERVED.set(0)
+        started = time.monotonic()
+        said, said_at = "", 0.0
+        while not stop.is_set():
+            try:
+                versions = [f"{m.name} v{self.backend.served_version(m, retry=False)}" for m in self.models]
+            except TransientError as err:
+                now = time.monotonic()
+                reason = str(err).removesuffix("; the job will be retried")
+                if reason != said or now - said_at >= remind_s:
+                    log.warning(
+                        "taking no job until the inference server serves the models (%.0f s so far): %s",
+                        now - started,
+                        reason,
+                    )
+                    said, said_at = reason, now
+                stop.wait(every_s)
+                continue
+            MODELS_SERVED.set(1)
+            log.info("inference server ready after %.1f s: %s", time.monotonic() - started, ", ".join(versions))
+            return True
+        return False
 
     def handle(self, delivery: Delivery) -> Job | None:
         job = self.queue.get(delivery.job_id)

@@ -1,0 +1,93 @@
+"""A worker started before its Triton serves the models takes no job until it does, so no retry is spent waiting.
+
+The real services come from scripts/sandbox. The worker, an `imaging-cds worker` process, is pointed at a loopback
+port where nothing answers yet (a Triton still loading, a sidecar not yet up); later that port is relayed to the
+sandbox's Triton, as when the server comes up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imaging_cds.config import Settings
+from imaging_cds.dicomweb.client import PacsClient
+from imaging_cds.fhir.client import FhirClient
+from imaging_cds.jobs.model import Job, JobState, StudyRef
+from imaging_cds.jobs.queue import queue_from_settings
+from imaging_cds.sample.synthetic_ct import write_sample_study
+from tests.conftest import service_env
+from tests.services import create_study_in_ehr, free_port, imaging_cds_process, store_folder, tcp_relay, wait_for
+
+pytestmark = pytest.mark.services
+
+WAITING = "taking no job until the inference server serves the models"
+
+
+def test_a_worker_takes_no_job_until_triton_serves_its_models(sandbox: dict[str, str], tmp_path: Path) -> None:
+    relay_port, metrics_port = free_port(), free_port()
+    env = service_env(
+        sandbox,
+        IMAGING_CDS_QUEUE_PREFIX=f"waits-for-triton-{uuid.uuid4().hex[:8]}",  # a queue of its own
+        IMAGING_CDS_TRITON_GRPC_URL=f"127.0.0.1:{relay_port}",
+        IMAGING_CDS_METRICS_PORT=str(metrics_port),
+        IMAGING_CDS_STABILITY_WINDOW_S="1",
+    )
+    settings = Settings.from_env(env)
+    sample = write_sample_study(tmp_path / "study", seed=21, n_slices=110)
+    with (
+        FhirClient(settings.fhir_url) as fhir,
+        PacsClient(settings.dicomweb_url, settings.dicomweb_username, settings.dicomweb_password) as pacs,
+    ):
+        store_folder(pacs, sample.study_dir)
+        study = create_study_in_ehr(fhir, sample.study_instance_uid, settings.dicomweb_url, sample.n_instances)
+    queue = queue_from_settings(settings)
+    job_id = queue.submit(StudyRef(study["id"], sample.study_instance_uid)).job_id
+    log = tmp_path / "worker.log"
+    triton_host, triton_port = sandbox["IMAGING_CDS_TRITON_GRPC_URL"].rsplit(":", 1)
+
+    with imaging_cds_process("worker", env, log):
+        wait_for("the worker to say it waits for Triton", lambda: WAITING in log.read_text(), timeout_s=60)
+        served = _metric(metrics_port, "imaging_cds_worker_models_served")
+        waited = queue.get(job_id)
+        assert waited is not None
+        assert (waited.state, waited.attempts, waited.deliveries) == (JobState.QUEUED, 0, 0), waited
+        assert served == 0.0
+
+        with tcp_relay(relay_port, (triton_host, int(triton_port))):
+            done = wait_for("the job to end", lambda: _ended(queue.get(job_id)), timeout_s=180)
+            assert _metric(metrics_port, "imaging_cds_worker_models_served") == 1.0
+
+    assert done.state is JobState.SUCCEEDED, done.outcome
+    assert done.attempts == 0  # no retry was spent on the wait
+    text = log.read_text()
+    assert "inference server ready after" in text
+    assert text.count(WAITING) <= 2  # said once (and again only if the reason changed), not at every poll
+
+
+def test_a_worker_waiting_for_triton_stops_at_once_when_told(sandbox: dict[str, str], tmp_path: Path) -> None:
+    env = service_env(
+        sandbox,
+        IMAGING_CDS_QUEUE_PREFIX=f"waits-for-triton-{uuid.uuid4().hex[:8]}",
+        IMAGING_CDS_TRITON_GRPC_URL=f"127.0.0.1:{free_port()}",  # nothing answers there
+        IMAGING_CDS_METRICS_PORT="0",
+    )
+    log = tmp_path / "worker.log"
+    with imaging_cds_process("worker", env, log) as worker:
+        wait_for("the worker to say it waits for Triton", lambda: WAITING in log.read_text(), timeout_s=60)
+        worker.terminate()  # SIGTERM, as Kubernetes stops a pod
+        assert worker.wait(timeout=10) == 0
+
+
+def _ended(job: Job | None) -> Job | None:
+    return job if job is not None and job.state.terminal else None
+
+
+def _metric(port: int, name: str) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the worker's metrics")
