@@ -58,7 +58,12 @@ def tcp_relay(port: int, target: tuple[str, int]) -> Iterator[None]:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(target)
+            try:
+                upstream = socket.create_connection(target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
             sockets.extend((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 thread = threading.Thread(target=pump, args=(a, b), daemon=True)

@@ -63,6 +63,7 @@ UNREGISTER_ATTEMPTS, UNREGISTER_WAIT_S = 40, 0.05
 # gRPC waits longer and longer between attempts to reconnect to a server that is down (up to 120 s by default): a
 # worker waiting for a Triton that is loading its models would notice it up to two minutes late.
 MAX_RECONNECT_BACKOFF_MS = 5000
+POLL_TIMEOUT_S = 5.0  # deadline of a readiness poll (served_version(retry=False)): a poller must stay responsive
 T = TypeVar("T")
 
 
@@ -476,12 +477,11 @@ class TritonBackend:
 
     def served_version(self, model: ModelManifest, *, retry: bool = True) -> str:
         """The pinned version, once Triton says it is ready (with ``retry``, retried while the server is
-        UNAVAILABLE)."""
+        UNAVAILABLE; without, one attempt with a deadline of ``POLL_TIMEOUT_S``)."""
+        timeout_s = self.options.timeout_s if retry else min(self.options.timeout_s, POLL_TIMEOUT_S)
         ready = self._call(
             model,
-            lambda: self._client.is_model_ready(
-                model.triton_model, model.triton_version, client_timeout=self.options.timeout_s
-            ),
+            lambda: self._client.is_model_ready(model.triton_model, model.triton_version, client_timeout=timeout_s),
             retries=None if retry else 0,
         )
         if not ready:
