@@ -7,6 +7,7 @@ sandbox's Triton, as when the server comes up.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_a_worker_takes_no_job_until_triton_serves_its_models(sandbox: dict[str,
 
     with imaging_cds_process("worker", env, log):
         wait_for("the worker to say it waits for Triton", lambda: WAITING in log.read_text(), timeout_s=60)
+        time.sleep(5)  # a few of its polls
         served = _metric(metrics_port, "imaging_cds_worker_models_served")
         waited = queue.get(job_id)
         assert waited is not None
