@@ -49,8 +49,8 @@ STAGE_SECONDS = Histogram(
 )
 MODELS_SERVED = Gauge(
     "imaging_cds_worker_models_served",
-    "1 once the inference server serves every model this worker runs, at its pinned version; 0 while the worker "
-    "waits for it at start-up and takes no job",
+    "1 while the inference server serves every model this worker runs, at its pinned version; 0 while the worker "
+    "waits for it (at start-up, or after a job found it gone) and takes no job",
 )
 REPORTS = Counter(
     "imaging_cds_reports",

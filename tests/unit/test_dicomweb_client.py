@@ -169,6 +169,18 @@ def test_a_pacs_that_stays_down_is_a_transient_error(pacs: FakePacs) -> None:
             retrieve(client)
 
 
+def test_a_search_is_tried_as_many_times_as_configured_and_no_more(pacs: FakePacs) -> None:
+    # One retry policy: the session's (IMAGING_CDS_DICOMWEB_RETRIES, with backoff); dicomweb-client's own retrying
+    # (5 attempts over about 30 s) would multiply it and hold a job for half a minute per PACS call in an outage.
+    pacs.fail_first = 10
+    with (
+        PacsClient(pacs.url, retries=1, retry_backoff_s=0.01) as client,
+        pytest.raises(TransientError, match=f"study {SPEC.study_uid}: PACS search failed"),
+    ):
+        client.search_series(SPEC.study_uid)
+    assert len(pacs.requests) == 2
+
+
 def test_a_series_the_pacs_no_longer_has_is_not_analysable(pacs: FakePacs) -> None:
     with PacsClient(pacs.url, retries=0) as client:
         client._known[(SPEC.study_uid, "9.9")] = 1

@@ -137,6 +137,10 @@ class PacsClient:
         self._session.mount("https://", adapter)
         self._timeout = (connect_timeout_s, timeout_s)
         self._dicomweb = DICOMwebClient(self.url, session=self._session, timeout=self._timeout)
+        # One retry policy, the session's above: dicomweb-client would otherwise retry every failed request again
+        # (5 attempts over about 30 s, on any exception), multiplying it and holding a job for half a minute per
+        # call while the PACS is down, whatever IMAGING_CDS_DICOMWEB_RETRIES says.
+        self._dicomweb.set_http_retry_params(retry=False)
         self._known: dict[tuple[str, str], int] = {}
 
     @classmethod

@@ -86,6 +86,7 @@ class Worker:
         if not self.models:
             raise ValueError("a worker needs at least one model")
         self.consumer = f"worker-{uuid.uuid4().hex[:8]}"
+        self._transient_runs = 0  # job runs that ended in a TransientError (a system was unavailable)
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -98,7 +99,14 @@ class Worker:
                 self.queue.ensure_group()
                 delivery = self.queue.next_delivery(self.consumer)
                 if delivery is not None:
+                    failures = self._transient_runs
                     self.handle(delivery)
+                    # A job that found something unavailable: if it is the inference server, take no other job
+                    # (each would spend a retry) until it serves the models again.
+                    if self._transient_runs > failures and not self._models_served():
+                        log.warning("the inference server no longer serves the models")
+                        if not self.wait_for_models(stop):
+                            return
             except redis.RedisError as err:
                 # Redis restarting or unreachable: nothing is lost (unacknowledged entries stay pending); wait.
                 log.warning("queue unavailable (%s); retrying in 1 s", type(err).__name__)
@@ -107,10 +115,11 @@ class Worker:
     def wait_for_models(self, stop: threading.Event, every_s: float = 2.0, remind_s: float = 60.0) -> bool:
         """Blocks until the inference server serves every model at its pinned version; False if ``stop`` came first.
 
-        A worker beside a Triton that is still loading its models (a sidecar, a rollout, a node restart) takes no
-        job until then: a job taken earlier would spend its transient-failure retries (``max_attempts``) on the
-        wait and could be dead-lettered before Triton is up. The reason is logged when it changes and every
-        ``remind_s`` while it lasts; ``imaging_cds_worker_models_served`` is 0 meanwhile.
+        A worker takes no job while Triton does not serve its models: at start-up (a sidecar, a rollout, a node
+        restart still loading them) and after a job found Triton gone (a restart, maintenance). A job taken then
+        would spend its transient-failure retries (``max_attempts``, about a minute of backoff) on the outage and
+        be dead-lettered. The reason is logged when it changes and every ``remind_s`` while it lasts;
+        ``imaging_cds_worker_models_served`` is 0 meanwhile.
         """
         MODELS_SERVED.set(0)
         started = time.monotonic()
@@ -134,6 +143,14 @@ class Worker:
             log.info("inference server ready after %.1f s: %s", time.monotonic() - started, ", ".join(versions))
             return True
         return False
+
+    def _models_served(self) -> bool:
+        try:
+            for model in self.models:
+                self.backend.served_version(model, retry=False)
+        except TransientError:
+            return False
+        return True
 
     def handle(self, delivery: Delivery) -> Job | None:
         job = self.queue.get(delivery.job_id)
@@ -200,6 +217,7 @@ class Worker:
         except NotAnalyzableError as err:
             return job.with_state(JobState.NOT_ANALYZABLE, now, outcome=str(err))
         except TransientError as err:
+            self._transient_runs += 1
             attempts = job.attempts + 1
             if attempts >= self.settings.max_attempts:
                 return job.with_state(
