@@ -18,6 +18,8 @@ import pydicom
 
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
+from imaging_cds.jobs.model import Job
+from imaging_cds.jobs.queue import JobQueue
 
 T = TypeVar("T")
 
@@ -96,6 +98,17 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, 
             return value
         time.sleep(every_s)
     raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def wait_all_terminal(queue: JobQueue, ids: list[str], timeout_s: float) -> list[Job]:
+    """The jobs ``ids``, in that order, once every one has reached a terminal state."""
+
+    def done() -> list[Job] | None:
+        jobs = [queue.get(i) for i in ids]
+        ended = [j for j in jobs if j is not None and j.state.terminal]
+        return ended if len(ended) == len(ids) else None
+
+    return wait_for(f"{len(ids)} jobs to end", done, timeout_s=timeout_s, every_s=1)
 
 
 SANDBOX = Path(__file__).resolve().parents[1] / "scripts" / "sandbox"

@@ -36,6 +36,7 @@ from tests.services import (
     imaging_cds_process,
     store_files,
     store_folder,
+    wait_all_terminal,
     wait_for,
 )
 
@@ -127,14 +128,6 @@ def announce(fhir: FhirClient, sample: SampleStudy, dicomweb_url: str) -> dict[s
 
 def reports_for(fhir: FhirClient, study: dict[str, Any]) -> list[dict[str, Any]]:
     return fhir.search("DiagnosticReport", {"subject": study["subject"]["reference"]})
-
-
-def wait_all_terminal(queue: JobQueue, ids: list[str], timeout_s: float) -> list[Any]:
-    def done() -> list[Any] | None:
-        jobs = [queue.get(i) for i in ids]
-        return jobs if all(j is not None and j.state.terminal for j in jobs) else None
-
-    return wait_for(f"{len(ids)} jobs to end", done, timeout_s=timeout_s, every_s=1)
 
 
 def job_ids_for(queue: JobQueue, studies: list[dict[str, Any]], timeout_s: float = 60) -> list[str]:

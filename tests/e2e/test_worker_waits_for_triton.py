@@ -17,11 +17,19 @@ import pytest
 from imaging_cds.config import Settings
 from imaging_cds.dicomweb.client import PacsClient
 from imaging_cds.fhir.client import FhirClient
-from imaging_cds.jobs.model import Job, JobState, StudyRef
+from imaging_cds.jobs.model import JobState, StudyRef
 from imaging_cds.jobs.queue import JobQueue, queue_from_settings
 from imaging_cds.sample.synthetic_ct import write_sample_study
 from tests.conftest import service_env
-from tests.services import create_study_in_ehr, free_port, imaging_cds_process, store_folder, tcp_relay, wait_for
+from tests.services import (
+    create_study_in_ehr,
+    free_port,
+    imaging_cds_process,
+    store_folder,
+    tcp_relay,
+    wait_all_terminal,
+    wait_for,
+)
 
 pytestmark = pytest.mark.services
 
@@ -41,7 +49,6 @@ def test_a_worker_takes_no_job_until_triton_serves_its_models(sandbox: dict[str,
     queue = queue_from_settings(settings)
     job_id = _queue_a_study(settings, queue, tmp_path / "study", seed=21)
     log = tmp_path / "worker.log"
-    triton_host, triton_port = sandbox["IMAGING_CDS_TRITON_GRPC_URL"].rsplit(":", 1)
 
     with imaging_cds_process("worker", env, log):
         wait_for("the worker to say it waits for Triton", lambda: WAITING in log.read_text(), timeout_s=60)
@@ -52,8 +59,8 @@ def test_a_worker_takes_no_job_until_triton_serves_its_models(sandbox: dict[str,
         assert (waited.state, waited.attempts, waited.deliveries) == (JobState.QUEUED, 0, 0), waited
         assert served == 0.0
 
-        with tcp_relay(relay_port, (triton_host, int(triton_port))):
-            done = wait_for("the job to end", lambda: _ended(queue.get(job_id)), timeout_s=180)
+        with tcp_relay(relay_port, _triton_address(sandbox)):
+            (done,) = wait_all_terminal(queue, [job_id], timeout_s=180)
             assert _metric(metrics_port, "imaging_cds_worker_models_served") == 1.0
 
     assert done.state is JobState.SUCCEEDED, done.outcome
@@ -79,8 +86,7 @@ def test_a_triton_outage_holds_the_queue_instead_of_spending_its_retries(
     settings = Settings.from_env(env)
     queue = queue_from_settings(settings)
     log = tmp_path / "worker.log"
-    triton = sandbox["IMAGING_CDS_TRITON_GRPC_URL"].rsplit(":", 1)
-    target = (triton[0], int(triton[1]))
+    target = _triton_address(sandbox)
 
     with imaging_cds_process("worker", env, log):
         with tcp_relay(relay_port, target):
@@ -97,9 +103,7 @@ def test_a_triton_outage_holds_the_queue_instead_of_spending_its_retries(
         assert _metric(metrics_port, "imaging_cds_worker_models_served") == 0.0
 
         with tcp_relay(relay_port, target):
-            ended = wait_for(
-                "both jobs to end", lambda: _all_ended([queue.get(first), queue.get(second)]), timeout_s=180
-            )
+            ended = wait_all_terminal(queue, [first, second], timeout_s=180)
     assert [(j.state, j.attempts) for j in ended] == [(JobState.SUCCEEDED, 1), (JobState.SUCCEEDED, 0)], [
         j.outcome for j in ended
     ]
@@ -131,13 +135,9 @@ def _queue_a_study(settings: Settings, queue: JobQueue, folder: Path, seed: int)
     return queue.submit(StudyRef(study["id"], sample.study_instance_uid)).job_id
 
 
-def _all_ended(jobs: list[Job | None]) -> list[Job] | None:
-    ended = [j for j in jobs if j is not None and j.state.terminal]
-    return ended if len(ended) == len(jobs) else None
-
-
-def _ended(job: Job | None) -> Job | None:
-    return job if job is not None and job.state.terminal else None
+def _triton_address(sandbox: dict[str, str]) -> tuple[str, int]:
+    host, port = sandbox["IMAGING_CDS_TRITON_GRPC_URL"].rsplit(":", 1)
+    return host, int(port)
 
 
 def _metric(port: int, name: str) -> float:
