@@ -103,8 +103,8 @@ class Worker:
                     self.handle(delivery)
                     # A job that found something unavailable: if it is the inference server, take no other job
                     # (each would spend a retry) until it serves the models again.
-                    if self._transient_runs > failures and not self._models_served():
-                        log.warning("the inference server no longer serves the models")
+                    if self._transient_runs > failures and (reason := self._not_served()) is not None:
+                        log.warning("the inference server no longer serves the models: %s", reason)
                         if not self.wait_for_models(stop):
                             return
             except redis.RedisError as err:
@@ -125,32 +125,32 @@ class Worker:
         started = time.monotonic()
         said, said_at = "", 0.0
         while not stop.is_set():
-            try:
-                versions = [f"{m.name} v{self.backend.served_version(m, retry=False)}" for m in self.models]
-            except TransientError as err:
-                now = time.monotonic()
-                reason = str(err).removesuffix("; the job will be retried")
-                if reason != said or now - said_at >= remind_s:
-                    log.warning(
-                        "taking no job until the inference server serves the models (%.0f s so far): %s",
-                        now - started,
-                        reason,
-                    )
-                    said, said_at = reason, now
-                stop.wait(every_s)
-                continue
-            MODELS_SERVED.set(1)
-            log.info("inference server ready after %.1f s: %s", time.monotonic() - started, ", ".join(versions))
-            return True
+            reason = self._not_served()
+            if reason is None:
+                MODELS_SERVED.set(1)
+                versions = ", ".join(f"{m.name} v{m.triton_version}" for m in self.models)
+                log.info("inference server ready after %.1f s: %s", time.monotonic() - started, versions)
+                return True
+            now = time.monotonic()
+            if reason != said or now - said_at >= remind_s:
+                log.warning(
+                    "taking no job until the inference server serves the models (%.0f s so far): %s",
+                    now - started,
+                    reason,
+                )
+                said, said_at = reason, now
+            stop.wait(every_s)
         return False
 
-    def _models_served(self) -> bool:
+    def _not_served(self) -> str | None:
+        """Why the inference server does not serve every model at its pinned version now; None when it does
+        (one readiness poll per model)."""
         try:
             for model in self.models:
                 self.backend.served_version(model, retry=False)
-        except TransientError:
-            return False
-        return True
+        except TransientError as err:
+            return str(err).removesuffix("; the job will be retried")
+        return None
 
     def handle(self, delivery: Delivery) -> Job | None:
         job = self.queue.get(delivery.job_id)
