@@ -218,13 +218,13 @@ def _inner_air(coarse: BoolVolume, spacing_mm: Spacing) -> tuple[BoolVolume, Boo
         return None
     keep = sizes >= max(SECOND_LUNG_MIN_FRACTION * largest, MIN_COMPONENT_ML / voxel_ml)
     kept = keep[labels]
-    in_plane = kept.any(axis=0)
-    extents = (kept.any(axis=(1, 2)), in_plane.any(axis=1), in_plane.any(axis=0))
-    box = tuple(
-        slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, kept.shape[axis]))
-        for axis, (idx, margin) in enumerate(((np.flatnonzero(e), m) for e, m in zip(extents, (0, 2, 2), strict=True)))
-    )
+    z, y, x = lung_box(kept)  # kept holds the largest component at least, so the box is never the whole volume
+    box = (z, _widened(y, 2, kept.shape[1]), _widened(x, 2, kept.shape[2]))
     return np.asarray(kept[box]), np.asarray(labels[box] == int(np.argmax(sizes))), box
+
+
+def _widened(extent: slice, margin: int, size: int) -> slice:
+    return slice(max(extent.start - margin, 0), min(extent.stop + margin, size))
 
 
 def _trace_airway(connected: BoolVolume, inner: BoolVolume, spacing_mm: Spacing) -> BoolVolume:
