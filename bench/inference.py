@@ -21,6 +21,11 @@ machine slows one run of each alike). ``cpu_s`` is CPU time per run (medians): t
 for Triton's client side, Triton's processes (the server, where the sandbox's native onnxruntime backend runs the
 model, and any backend stub processes) for its server side; on a machine that shares its cores it says where the
 work went better than wall-clock time. Outputs are compared too.
+
+``--transport-only`` measures what moving the tensors costs by itself: it serves a copy of the repository in which
+each model's graph is replaced by one ``Cast`` of its input to its output datatype (same names, datatypes and
+shapes: models whose output has the input's shape; others are left out and listed). Triton's seconds are then the
+floor under the real model's, on each transport; its ``ratio`` means nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -89,19 +97,58 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument(
+        "--transport-only", action="store_true", help="serve Cast-only stand-ins of the models: the cost of the tensors"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imaging-cds-bench-inference-") as tmp:
-        options = ("--only", "triton", "--model-repository", str(args.model_repository))
+        repository: Path = args.model_repository
+        left_out: dict[str, str] = {}
+        if args.transport_only:
+            repository, left_out = transport_probes(args.model_repository, Path(tmp) / "probes")
+        options = ("--only", "triton", "--model-repository", str(repository))
         try:
             with sandbox(Path(tmp) / "sandbox", *options) as info:
                 server = TritonProcesses(int(info["pids"]["triton"]))
                 url = info["IMAGING_CDS_TRITON_GRPC_URL"]
-                report = run(url, server, args.model_repository, args.slices, args.repeats, args.seed)
+                report = run(url, server, repository, args.slices, args.repeats, args.seed)
         except SandboxError as err:
             print(err, file=sys.stderr)
             return 1
+    if args.transport_only:
+        report["transport_only"] = (
+            "each model's graph replaced by a Cast of its input to its output datatype, same names, datatypes and "
+            "shapes: Triton's seconds are what the tensors cost by themselves; ratio means nothing here"
+        )
+        report["left_out"] = left_out
     print(json.dumps(report, indent=2))
     return 0
+
+
+def transport_probes(repository: Path, out: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of ``repository`` whose models only cast their input to their output; the models whose output shape
+    is not their input's are left out (name -> why)."""
+    shutil.copytree(repository, out)
+    left_out = {}
+    for model in load_manifests(out):
+        graph = onnx.load(str(model.onnx_path))
+        (given,), (answer,) = graph.graph.input, graph.graph.output
+        if _dims(given) != _dims(answer):
+            left_out[model.name] = f"output shape {_dims(answer)} is not the input's {_dims(given)}"
+            shutil.rmtree(model.onnx_path.parent.parent)
+            continue
+        cast = helper.make_node("Cast", [given.name], [answer.name], to=answer.type.tensor_type.elem_type)
+        probe = helper.make_model(
+            helper.make_graph([cast], f"{model.name}-transport-probe", [given], [answer]),
+            opset_imports=list(graph.opset_import),
+            ir_version=graph.ir_version,
+        )
+        onnx.save(probe, str(model.onnx_path))
+    return out, left_out
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
 def run(url: str, server: TritonProcesses, repository: Path, slices: int, repeats: int, seed: int) -> dict[str, object]:
