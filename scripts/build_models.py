@@ -475,9 +475,9 @@ parameters {{ key: "enable_mem_pattern" value: {{ string_value: "0" }} }}
 
 # lung-density is light (a 3x3 convolution and a threshold per voxel) and its requests are whole slabs of slices
 # (TritonBackend sends about 8 MiB each): two single-threaded instances each run a slab while the next one arrives,
-# and a slab needs no wait for company. On the 2-core test machine, bench/inference.py over gRPC: 0.30 s for 300
-# slices with two instances, 0.41 s with one instance on two threads (1x3x3 graph, 2026-12-07; with the old 2D
-# graph the gRPC ratio went from about 0.72 to 0.76-0.80 the same way).
+# and a slab needs no wait for company. On the 2-core test machine, bench/inference.py over gRPC: 0.34 s for 300
+# slices with two instances, 0.41 s with one instance on two threads (same hour, 1x3x3 graph, 2026-12-07; with the
+# old 2D graph the gRPC ratio went from about 0.72 to 0.76-0.80 the same way).
 LUNG_DENSITY_CONFIG = triton_config(
     LUNG_DENSITY_MODEL, MAX_BATCH_SIZE, "-1, -1", "lung_candidate", "-1, -1", instances=2, queue_delay_us=0
 )
