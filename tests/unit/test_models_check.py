@@ -112,7 +112,7 @@ def test_a_model_the_worker_could_not_chart_is_named_and_the_worker_refuses_to_s
     (problem,) = check_model(repository / TOY_MODEL).problems
     assert str(manifest) in problem and "no post-processing" in problem
     settings = Settings.from_env({"IMAGING_CDS_MODEL_REPOSITORY": str(repository), "IMAGING_CDS_MODELS": TOY_MODEL})
-    with pytest.raises(ManifestError, match="classification section"):
+    with pytest.raises(ManifestError, match="a classification or a segmentation section"):
         configured_models(settings, None)
     assert [m.name for m in configured_models(settings, ["lung-density"])] == ["lung-density"]
 

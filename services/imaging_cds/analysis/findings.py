@@ -29,6 +29,7 @@ from imaging_cds.analysis.lung_density import (
 from imaging_cds.analysis.nodule_findings import nodule_findings
 from imaging_cds.analysis.radiomics.config import RadiomicsConfig
 from imaging_cds.analysis.radiomics.features import FEATURES
+from imaging_cds.analysis.segmentation import segmentation_findings
 from imaging_cds.errors import ModelConfigurationError, NotAnalyzableError
 from imaging_cds.fhir import codes
 from imaging_cds.fhir.codes import Code, Unit
@@ -265,6 +266,8 @@ def analyze_slices(model: ModelManifest, volume: CtVolume, output: np.ndarray) -
         return analyzer(volume, output, radiomics=model.radiomics)
     if model.classification is not None:
         return classification_findings(model, volume, output)
+    if model.segmentation is not None:
+        return segmentation_findings(model, volume, output)
     raise ModelConfigurationError(f"model {model.name}: {NO_POST_PROCESSING}")
 
 
@@ -277,15 +280,15 @@ def analyze_volume(model: ModelManifest, volume: CtVolume, result: ResampledOutp
 
 
 NO_POST_PROCESSING = (
-    "no post-processing for it: give its manifest a classification section (what its output means), or register "
-    "an analyzer for its name in imaging_cds.analysis.findings"
+    "no post-processing for it: give its manifest a classification or a segmentation section (what its output "
+    "means), or register an analyzer for its name in imaging_cds.analysis.findings"
 )
 
 
 def post_processing_problem(model: ModelManifest) -> str | None:
     """Why the worker could not chart ``model``'s output (None: it can); ``models check`` and worker start-up ask."""
     if model.preprocessing is None:
-        known = model.name in ANALYZERS or model.classification is not None
+        known = model.name in ANALYZERS or model.classification is not None or model.segmentation is not None
     else:
         known = model.name in VOLUME_ANALYZERS
     return None if known else f"{model.path / 'manifest.yaml'}: {NO_POST_PROCESSING}"

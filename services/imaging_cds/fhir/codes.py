@@ -139,3 +139,26 @@ MILLIMETRE = Unit("mm", "mm")
 PROBABILITY = Unit("1", "probability")
 NODULES_FINDING_KEY = "pulmonary-nodules"
 """Key of the single 'no nodule found' finding; each nodule found is ``nodule-<rank>`` (most probable first)."""
+
+# -- Segmented regions (a segmentation model's label map, charted from its manifest) ---------------------------------
+# Each structure is one finding (its anatomy code from the manifest, Present or Absent) whose components are what the
+# manifest's ``measurements`` ask for, coded as DICOM codes them for a region of interest: Volume from CID 7472
+# (Volume Measurement), Mean and Standard Deviation from CID 7464 (General Region of Interest Measurement Modifier),
+# both SNOMED CT; the unit says what is averaged (CT numbers, HU).
+
+
+@dataclass(frozen=True)
+class RegionMeasure:
+    """How one measurement of a segmented region is charted: its component code, unit and decimals."""
+
+    code: Code
+    unit: Unit
+    decimals: int
+
+
+REGION_MEASURES = {
+    "volume": RegionMeasure(Code(SNOMED, "118565006", "Volume"), MILLILITRE, 1),
+    "mean": RegionMeasure(Code(SNOMED, "373098007", "Mean"), HOUNSFIELD, 0),
+    "standard_deviation": RegionMeasure(Code(SNOMED, "386136009", "Standard Deviation"), HOUNSFIELD, 0),
+}
+"""Keyed by the names a manifest uses (``imaging_cds.inference.manifest.REGION_MEASUREMENTS``)."""

@@ -85,10 +85,24 @@ def check_model(folder: Path) -> ModelCheck:
 
     problems, dims = _check_config(folder, manifest)
     problems += _check_onnx(manifest, dims)
+    problems += _check_label_map(folder, manifest, dims)
     unknown = post_processing_problem(manifest)
     if unknown is not None:
         problems.append(unknown)
     return ModelCheck(folder, manifest, tuple(problems))
+
+
+def _check_label_map(folder: Path, m: ModelManifest, dims: dict[str, list[int]]) -> list[str]:
+    """A segmentation model's output is a label per input voxel: config.pbtxt must give it the input's dims."""
+    given, answer = dims.get(m.input.name), dims.get(m.output.name)
+    if m.segmentation is None or given is None or answer is None:
+        return []
+    if len(answer) == len(given) and all(a == g or -1 in (a, g) for a, g in zip(answer, given, strict=True)):
+        return []
+    return [
+        f"{folder / 'config.pbtxt'}: output {m.output.name!r} has dims {answer}, input {m.input.name!r} {given}; "
+        "a segmentation model's label map has one label per input voxel (the manifest's segmentation section)"
+    ]
 
 
 def _check_config(folder: Path, m: ModelManifest) -> tuple[list[str], dict[str, list[int]]]:

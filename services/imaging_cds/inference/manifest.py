@@ -9,6 +9,10 @@ features of each region the model segments: an IBSI reference configuration (``p
 Two more optional sections serve models that see the volume rather than slices (e.g. ``lung-nodule-cad``):
 ``preprocessing`` (resample to a fixed spacing, then cut into overlapping windows: :class:`Preprocessing`) and
 ``detection`` (what the output channels mean, the finding's codes, the reporting threshold: :class:`DetectionSpec`).
+
+A hospital's own slice model is charted from its manifest alone with either of two sections: ``classification``
+(a per-slice probability of one finding: :class:`ClassificationSpec`) or ``segmentation`` (a label map: each label
+value's anatomy codes and the measurements to report: :class:`SegmentationSpec`).
 """
 
 from __future__ import annotations
@@ -151,6 +155,38 @@ class ClassificationSpec:
     body_site: FindingCode | None = None
 
 
+REGION_MEASUREMENTS = ("volume", "mean", "standard_deviation")
+"""What a ``segmentation`` label may ask to report of its region: its volume (mL), and the mean and standard
+deviation of its CT numbers (HU). Their codes are ``imaging_cds.fhir.codes.REGION_MEASURES``."""
+
+_LABEL_DATATYPES = ("UINT8", "UINT16", "INT8", "INT16", "INT32", "INT64")
+_KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+@dataclass(frozen=True)
+class SegmentLabel:
+    """One label value of a segmentation model's output: ``key`` names its results in identifiers (lower-case
+    letters, digits and '-'; stable across model versions), ``site`` is the structure's anatomy code (SNOMED CT,
+    RadLex), ``measurements`` what to report of it (names from :data:`REGION_MEASUREMENTS`)."""
+
+    value: int
+    key: str
+    site: FindingCode
+    measurements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SegmentationSpec:
+    """What a segmentation model's output means, so a hospital's own model is charted with no code change.
+
+    The output is a label map with the input's ``(slices, rows, columns)`` shape: 0 is background, every other value
+    one of ``labels``. A labelled structure smaller than ``min_volume_ml`` is reported as not found, with no
+    measurement."""
+
+    labels: tuple[SegmentLabel, ...]
+    min_volume_ml: float = 1.0
+
+
 @dataclass(frozen=True)
 class ModelManifest:
     name: str
@@ -168,6 +204,7 @@ class ModelManifest:
     preprocessing: Preprocessing | None = None  # volume models: resampling and sliding windows; None: per slice
     detection: DetectionSpec | None = None  # detection models: output channels, codes, reporting threshold
     classification: ClassificationSpec | None = None  # classifiers: the finding, its codes and threshold
+    segmentation: SegmentationSpec | None = None  # label maps: each label's anatomy and measurements
 
     @property
     def onnx_path(self) -> Path:
@@ -193,7 +230,7 @@ def load_manifests(repository: Path) -> list[ModelManifest]:
 def _parse(raw: dict[str, Any], model_dir: Path) -> ModelManifest:
     triton = raw["triton"]
     sel = raw["selection"]
-    return ModelManifest(
+    manifest = ModelManifest(
         name=str(raw["name"]),
         title=str(raw["title"]),
         version=str(raw["version"]),
@@ -209,7 +246,20 @@ def _parse(raw: dict[str, Any], model_dir: Path) -> ModelManifest:
         preprocessing=_preprocessing(raw.get("preprocessing")),
         detection=_detection(raw.get("detection")),
         classification=_classification(raw.get("classification")),
+        segmentation=_segmentation(raw.get("segmentation")),
     )
+    if manifest.segmentation is not None:
+        if manifest.preprocessing is not None or manifest.classification is not None:
+            raise ValueError(
+                "segmentation: a slice model's label map; it cannot be combined with preprocessing (a volume model) "
+                "or classification"
+            )
+        if manifest.output.datatype not in _LABEL_DATATYPES:
+            raise ValueError(
+                f"segmentation: the output is a label map, so triton.output.datatype must be one of "
+                f"{list(_LABEL_DATATYPES)}, got {manifest.output.datatype!r}"
+            )
+    return manifest
 
 
 def _triple(value: Any, where: str, kind: type[int] | type[float]) -> Any:
@@ -315,6 +365,36 @@ def _classification(section: Any) -> ClassificationSpec | None:
         aggregate=aggregate,
         body_site=_finding_code(site, "classification.body_site") if site is not None else None,
     )
+
+
+def _segmentation(section: Any) -> SegmentationSpec | None:
+    if section is None:
+        return None
+    raw = _mapping(section, "segmentation")
+    entries = raw.get("labels")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("segmentation.labels: list each label value the model gives (value, key, site)")
+    labels = []
+    for entry in entries:
+        item = _mapping(entry, "segmentation.labels[]")
+        value, key = int(item["value"]), str(item["key"])
+        where = f"segmentation.labels[{key}]"
+        if value < 1:
+            raise ValueError(f"{where}.value: 1 or more (0 is background), got {value}")
+        if not key or not set(key) <= _KEY_CHARACTERS:
+            raise ValueError(f"{where}.key: lower-case letters, digits and '-' (it names results), got {key!r}")
+        measurements = tuple(str(m) for m in item.get("measurements", ("volume",)))
+        unknown = [m for m in measurements if m not in REGION_MEASUREMENTS]
+        if unknown:
+            raise ValueError(f"{where}.measurements: {unknown} unknown; known: {list(REGION_MEASUREMENTS)}")
+        labels.append(SegmentLabel(value, key, _finding_code(item["site"], f"{where}.site"), measurements))
+    for name, values in (("value", [lab.value for lab in labels]), ("key", [lab.key for lab in labels])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"segmentation.labels: each {name} once, got {values}")
+    min_volume = float(raw.get("min_volume_ml", 1.0))
+    if min_volume < 0.0:
+        raise ValueError(f"segmentation.min_volume_ml: 0 or more, got {min_volume}")
+    return SegmentationSpec(labels=tuple(labels), min_volume_ml=min_volume)
 
 
 def _radiomics(section: Any) -> RadiomicsConfig | None:
