@@ -23,9 +23,7 @@ from imaging_cds.fhir import codes
 from imaging_cds.fhir.codes import Code
 from imaging_cds.fhir.report import CodedFinding, Component, Findings, RegionFeatures
 from imaging_cds.imaging.volume import CtVolume
-from imaging_cds.inference.manifest import FindingCode, ModelManifest, SegmentLabel
-
-_MAX_LABEL_VALUE = 65535
+from imaging_cds.inference.manifest import MAX_LABEL_VALUE, FindingCode, ModelManifest, SegmentLabel
 
 
 def segmentation_findings(model: ModelManifest, volume: CtVolume, output: np.ndarray) -> Findings:
@@ -98,8 +96,8 @@ def _label_counts(model: ModelManifest, volume: CtVolume, label_map: npt.NDArray
     problem = ""
     if not np.issubdtype(label_map.dtype, np.integer):
         problem = f"a label map of integers was expected, got {label_map.dtype}"
-    elif label_map.size and (int(label_map.min()) < 0 or int(label_map.max()) > _MAX_LABEL_VALUE):
-        problem = f"label values from {int(label_map.min())} to {int(label_map.max())}, outside 0-{_MAX_LABEL_VALUE}"
+    elif label_map.size and (int(label_map.min()) < 0 or int(label_map.max()) > MAX_LABEL_VALUE):
+        problem = f"label values from {int(label_map.min())} to {int(label_map.max())}, outside 0-{MAX_LABEL_VALUE}"
     else:
         counts = np.bincount(label_map.ravel().astype(np.intp, copy=False), minlength=max(declared) + 1)
         unknown = sorted(set(np.flatnonzero(counts).tolist()) - declared - {0})

@@ -159,6 +159,7 @@ REGION_MEASUREMENTS = ("volume", "mean", "standard_deviation")
 """What a ``segmentation`` label may ask to report of its region: its volume (mL), and the mean and standard
 deviation of its CT numbers (HU). Their codes are ``imaging_cds.fhir.codes.REGION_MEASURES``."""
 
+MAX_LABEL_VALUE = 65535
 _LABEL_DATATYPES = ("UINT8", "UINT16", "INT8", "INT16", "INT32", "INT64")
 _KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
@@ -379,14 +380,16 @@ def _segmentation(section: Any) -> SegmentationSpec | None:
         item = _mapping(entry, "segmentation.labels[]")
         value, key = int(item["value"]), str(item["key"])
         where = f"segmentation.labels[{key}]"
-        if value < 1:
-            raise ValueError(f"{where}.value: 1 or more (0 is background), got {value}")
+        if not 1 <= value <= MAX_LABEL_VALUE:
+            raise ValueError(f"{where}.value: 1 to {MAX_LABEL_VALUE} (0 is background), got {value}")
         if not key or not set(key) <= _KEY_CHARACTERS:
             raise ValueError(f"{where}.key: lower-case letters, digits and '-' (it names results), got {key!r}")
         measurements = tuple(str(m) for m in item.get("measurements", ("volume",)))
         unknown = [m for m in measurements if m not in REGION_MEASUREMENTS]
-        if unknown:
-            raise ValueError(f"{where}.measurements: {unknown} unknown; known: {list(REGION_MEASUREMENTS)}")
+        if unknown or len(set(measurements)) != len(measurements):
+            raise ValueError(
+                f"{where}.measurements: each once, from {list(REGION_MEASUREMENTS)}; got {list(measurements)}"
+            )
         labels.append(SegmentLabel(value, key, _finding_code(item["site"], f"{where}.site"), measurements))
     for name, values in (("value", [lab.value for lab in labels]), ("key", [lab.key for lab in labels])):
         if len(set(values)) != len(values):
