@@ -13,10 +13,9 @@ import numpy as np
 from imaging_cds.analysis.lung_density import render_key_image
 from imaging_cds.errors import ModelConfigurationError
 from imaging_cds.fhir import codes
-from imaging_cds.fhir.codes import Code
 from imaging_cds.fhir.report import CodedFinding, Component, Findings
 from imaging_cds.imaging.volume import CtVolume
-from imaging_cds.inference.manifest import FindingCode, ModelManifest
+from imaging_cds.inference.manifest import ModelManifest
 
 
 def classification_findings(model: ModelManifest, volume: CtVolume, output: np.ndarray) -> Findings:
@@ -39,14 +38,14 @@ def classification_findings(model: ModelManifest, volume: CtVolume, output: np.n
         )
     probability = float(scores.max() if spec.aggregate == "max" else scores.mean())
     present = probability >= spec.threshold
-    primary, *others = (_code(c) for c in spec.codes)
+    primary, *others = spec.codes
     finding = CodedFinding(
         key=model.name,
         code=primary,
         value=codes.PRESENT if present else codes.ABSENT,
         interpretation=codes.INTERPRETATION_ABNORMAL if present else codes.INTERPRETATION_NORMAL,
         components=(Component(codes.DETECTION_PROBABILITY, quantity=probability, unit=codes.PROBABILITY, decimals=2),),
-        body_site=_code(spec.body_site) if spec.body_site is not None else None,
+        body_site=spec.body_site,
         also_coded=tuple(others),
     )
     z = int(np.argmax(scores))
@@ -69,7 +68,3 @@ def classification_findings(model: ModelManifest, volume: CtVolume, output: np.n
         key_image_title=title,
         coded_findings=(finding,),
     )
-
-
-def _code(c: FindingCode) -> Code:
-    return Code(c.system, c.code, c.display)

@@ -29,7 +29,7 @@ def nodule_findings(model: ModelManifest, volume: CtVolume, result: ResampledOut
         raise ModelConfigurationError(f"model {model.name}: a detection model needs a detection section with codes")
     lungs = lung_mask_of(result) if detection.inside_lungs else None
     nodules = find_nodules(result, detection, volume.sop_uids, lungs, volume=volume)
-    primary, *others = (Code(c.system, c.code, c.display) for c in detection.codes)
+    primary, *others = detection.codes
     midline_x = _midline_lps_x(result, lungs)
     found = tuple(
         _nodule_finding(rank, len(nodules), n, primary, tuple(others), midline_x)

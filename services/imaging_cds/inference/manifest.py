@@ -36,6 +36,7 @@ from imaging_cds.dicomweb.rules import (
     parse_condition,
     with_default_refusals,
 )
+from imaging_cds.fhir.codes import Code
 from imaging_cds.imaging.quality import QualityLimits
 
 
@@ -98,11 +99,8 @@ class Preprocessing:
     crop_to_body_hu: float | None = None
 
 
-@dataclass(frozen=True)
-class FindingCode:
-    system: str
-    code: str
-    display: str
+FindingCode = Code
+"""A coding the manifest gives a finding or a site (RadElement, RadLex, SNOMED CT): charted as it stands."""
 
 
 @dataclass(frozen=True)
@@ -318,9 +316,7 @@ def _detection(section: Any) -> DetectionSpec | None:
     )
     if not channels:
         raise ValueError("detection.channels: name at least one output channel")
-    codes = tuple(
-        FindingCode(system=str(c["system"]), code=str(c["code"]), display=str(c["display"])) for c in raw["codes"]
-    )
+    codes = tuple(_finding_code(c, "detection.codes[]") for c in raw["codes"])
     threshold = float(raw["report_threshold"])
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"detection.report_threshold: a probability in [0, 1], got {threshold}")
