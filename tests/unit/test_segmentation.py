@@ -13,6 +13,7 @@ import pytest
 from imaging_cds.analysis.segmentation import segmentation_findings
 from imaging_cds.errors import ModelConfigurationError
 from imaging_cds.fhir import codes
+from imaging_cds.fhir.report import CodedFinding
 from imaging_cds.imaging.volume import CtVolume
 from imaging_cds.inference.check import check_model
 from imaging_cds.inference.local import LocalOnnxBackend
@@ -39,8 +40,8 @@ def _volume(hu: np.ndarray) -> CtVolume:
     return CtVolume("1.2.3", "1.2.3.4", hu, SPACING, (0.0, 0.0, 0.0), tuple(str(i) for i in range(len(hu))))
 
 
-def _by_key(findings: tuple[object, ...]) -> dict[str, object]:
-    return {f.key: f for f in findings}  # type: ignore[attr-defined]
+def _by_key(findings: tuple[CodedFinding, ...]) -> dict[str, CodedFinding]:
+    return {f.key: f for f in findings}
 
 
 def test_each_label_is_one_finding_with_the_measurements_its_manifest_asks_for(segmenter: ModelManifest) -> None:

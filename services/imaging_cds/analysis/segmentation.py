@@ -20,10 +20,9 @@ import numpy.typing as npt
 from imaging_cds.analysis.lung_density import render_key_image
 from imaging_cds.errors import ModelConfigurationError
 from imaging_cds.fhir import codes
-from imaging_cds.fhir.codes import Code
 from imaging_cds.fhir.report import CodedFinding, Component, Findings, RegionFeatures
 from imaging_cds.imaging.volume import CtVolume
-from imaging_cds.inference.manifest import MAX_LABEL_VALUE, FindingCode, ModelManifest, SegmentLabel
+from imaging_cds.inference.manifest import MAX_LABEL_VALUE, ModelManifest, SegmentLabel
 
 
 def segmentation_findings(model: ModelManifest, volume: CtVolume, output: np.ndarray) -> Findings:
@@ -43,14 +42,16 @@ def segmentation_findings(model: ModelManifest, volume: CtVolume, output: np.nda
     findings: list[CodedFinding] = []
     parts: list[str] = []
     regions: list[RegionFeatures] = []
+    per_slice = np.zeros(label_map.shape[0], dtype=np.intp)  # voxels of the structures found, slice by slice
     for label in spec.labels:
-        site = _code(label.site)
+        site = label.site
         volume_ml = counts[label.value] * voxel_ml
         if counts[label.value] == 0 or volume_ml < spec.min_volume_ml:
             findings.append(CodedFinding(key=label.key, code=site, value=codes.ABSENT, body_site=site))
             parts.append(f"{site.display} not found (under {spec.min_volume_ml:g} mL)")
             continue
         mask = label_map == label.value
+        per_slice += mask.sum(axis=(1, 2))
         components = _measurements(label, volume.hu[mask], volume_ml)
         findings.append(
             CodedFinding(
@@ -69,7 +70,7 @@ def segmentation_findings(model: ModelManifest, volume: CtVolume, output: np.nda
 
             features = region_features(label.key, site, volume.hu, mask, volume.spacing_mm, model.radiomics)
             regions.extend([features] if features is not None else [])
-    z = _key_slice(label_map, found)
+    z = int(np.argmax(per_slice)) if found else label_map.shape[0] // 2  # else the middle slice
     outlined = np.isin(label_map[z], found) if found else np.zeros(label_map.shape[1:], dtype=bool)
     png = render_key_image(volume.hu[z], outlined, None, outline_legend="segmented structures")
     return Findings(
@@ -122,14 +123,3 @@ def _measurements(label: SegmentLabel, hu: npt.NDArray[np.generic], volume_ml: f
         how = codes.REGION_MEASURES[name]
         out.append(Component(how.code, quantity=measured[name], unit=how.unit, decimals=how.decimals))
     return tuple(out)
-
-
-def _key_slice(label_map: npt.NDArray[np.generic], found: list[int]) -> int:
-    if not found:
-        return int(label_map.shape[0]) // 2
-    per_slice = np.isin(label_map, found).sum(axis=(1, 2))
-    return int(np.argmax(per_slice))
-
-
-def _code(c: FindingCode) -> Code:
-    return Code(c.system, c.code, c.display)
